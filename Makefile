@@ -1,0 +1,66 @@
+# whitebox: two commands do all set-up on a machine with Python >= 3.11 and pip.
+#   make train   -- create .venv, install, train the default ToST on the digits
+#   make test    -- create .venv, install, run pytest, nbval over every notebook, and ruff
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
+LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises
+
+.PHONY: all venv train test lint pytest nbval lab notebooks exercises results bench torch demo clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+train: venv
+	$(BIN)/python -m whitebox.train
+
+demo: venv
+	$(BIN)/python -m whitebox.demo
+
+test: venv lint pytest nbval
+
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+pytest: venv
+	$(BIN)/python -m pytest -q tests
+
+nbval: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+		--nbval-sanitize-with notebooks/sanitize.cfg $(NOTEBOOKS) $(SOLUTIONS)
+
+lab: venv
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# Re-execute every notebook top to bottom in a fresh kernel and commit-ready clean metadata.
+notebooks: venv
+	$(BIN)/python scripts/run_notebooks.py $(NOTEBOOKS) $(SOLUTIONS)
+
+# Regenerate the learner copies of the exercises from the instructor sources.
+exercises: venv
+	$(BIN)/python -m exercises.build
+
+# Regenerate the results table in README.md (trains every configuration; takes a while).
+results: venv
+	$(BIN)/python scripts/results.py
+
+bench: venv
+	$(BIN)/python -m whitebox.bench
+
+# Optional: PyTorch CPU build for the parity tests and the benchmark (never a library dependency).
+torch: venv
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,344 @@
+"""The rate-reduction mathematics against independent oracles: hand-worked cases, loops,
+SymPy, finite differences, and the spectral bound."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import whitebox as wb
+from whitebox.backend import to_numpy
+from whitebox.gradcheck import check_directional, numerical_grad, rel_error
+
+
+def random_problem(rng, d, n, p, K, dtype=np.float64):
+    Z = rng.standard_normal((d, n))
+    logits = rng.standard_normal((n, K))
+    Pi = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    U = np.linalg.qr(rng.standard_normal((K, d, d)))[0][:, :, :p]
+    return Z.astype(dtype), Pi.astype(dtype), U.astype(dtype)
+
+
+# ----------------------------------------------------------------- coding rates, worked by hand
+
+
+def test_coding_rate_2x2_by_hand():
+    # d = n = 2, eps = 1: scale d/(n eps^2) = 1, Z Z^T = [[2, 1], [1, 1]],
+    # I + Z Z^T = [[3, 1], [1, 2]], det = 6 - 1 = 5  ->  R = log(5) / 2.
+    Z = np.array([[1.0, 1.0], [0.0, 1.0]])
+    assert wb.coding_rate(Z, 1.0) == pytest.approx(0.5 * np.log(5.0), rel=1e-14)
+
+
+def test_coding_rate_scale_is_d_over_n_eps_squared():
+    # Pins the convention: eps is epsilon (squared inside), not epsilon^2.
+    # d = n = 2, eps = 0.5: scale 2 / (2 * 0.25) = 4; Z Z^T = diag(1, 4)
+    # I + 4 diag(1, 4) = diag(5, 17)  ->  R = log(85) / 2.
+    Z = np.array([[1.0, 0.0], [0.0, 2.0]])
+    assert wb.coding_rate(Z, 0.5) == pytest.approx(0.5 * np.log(85.0), rel=1e-14)
+
+
+def test_compression_rate_with_one_group_is_the_coding_rate(rng):
+    Z = rng.standard_normal((5, 9))
+    assert wb.compression_rate(Z, np.ones((9, 1)), 0.3) == pytest.approx(
+        wb.coding_rate(Z, 0.3), rel=1e-13
+    )
+
+
+def test_compression_rate_with_hard_groups_is_a_weighted_sum_of_coding_rates(rng):
+    d, n, eps = 4, 12, 0.7
+    Z = rng.standard_normal((d, n))
+    labels = np.array([0] * 5 + [1] * 7)
+    Pi = np.eye(2)[labels]
+    expected = sum(
+        (np.sum(labels == k) / n) * wb.coding_rate(Z[:, labels == k], eps) for k in range(2)
+    )
+    assert wb.compression_rate(Z, Pi, eps) == pytest.approx(expected, rel=1e-13)
+    assert wb.rate_reduction(Z, Pi, eps) == pytest.approx(
+        wb.coding_rate(Z, eps) - expected, rel=1e-12
+    )
+
+
+def test_empty_group_contributes_nothing(rng):
+    Z = rng.standard_normal((3, 6))
+    Pi = np.zeros((6, 3))
+    Pi[:, 0] = 1.0  # groups 1 and 2 are empty
+    assert wb.compression_rate(Z, Pi, 0.5) == pytest.approx(wb.coding_rate(Z, 0.5), rel=1e-13)
+    U = np.stack([np.eye(3)] * 3)
+    assert np.isfinite(wb.variational_compression_rate(Z, Pi, U, 0.5))
+    assert np.all(np.isfinite(wb.variational_compression_grad(Z, Pi, U, 0.5)))
+
+
+# ----------------------------------------------------------------- the variational term
+
+
+def loop_variational(Z, Pi, U, eps):
+    """R_c^var written with plain loops, straight from the formula."""
+    d, n = Z.shape
+    total = 0.0
+    for k in range(Pi.shape[1]):
+        n_k = Pi[:, k].sum()
+        for i in range(U.shape[2]):
+            u = U[k][:, i]
+            y = sum(Pi[j, k] * (u @ Z[:, j]) ** 2 for j in range(n)) / n_k
+            total += n_k / (2 * n) * np.log(1 + d / eps**2 * y)
+    return total
+
+
+@pytest.mark.parametrize("d,n,p,K", [(3, 5, 3, 1), (4, 7, 2, 3), (6, 4, 1, 2)])
+def test_variational_rate_matches_loops(rng, d, n, p, K):
+    Z, Pi, U = random_problem(rng, d, n, p, K)
+    assert wb.variational_compression_rate(Z, Pi, U, 0.4) == pytest.approx(
+        loop_variational(Z, Pi, U, 0.4), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_variational_bound_holds_for_random_orthogonal_bases(rng, K):
+    d, n, eps = 5, 20, 0.5
+    Z, Pi, _ = random_problem(rng, d, n, d, K)
+    exact = wb.compression_rate(Z, Pi, eps)
+    for _ in range(20):
+        U = np.linalg.qr(rng.standard_normal((K, d, d)))[0]
+        assert wb.variational_compression_rate(Z, Pi, U, eps) >= exact - 1e-12
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_variational_bound_is_tight_at_the_eigenbases(rng, K):
+    d, n, eps = 5, 20, 0.5
+    Z, Pi, _ = random_problem(rng, d, n, d, K)
+    covs = np.einsum("in,nk,jn->kij", Z, Pi, Z)
+    U = np.linalg.eigh(covs)[1]  # (K, d, d): columns diagonalize Z diag(pi_k) Z^T
+    assert (
+        abs(wb.variational_compression_rate(Z, Pi, U, eps) - wb.compression_rate(Z, Pi, eps))
+        < 1e-10
+    )
+
+
+def test_token_statistics_are_weighted_second_moments(rng):
+    Z, Pi, U = random_problem(rng, 4, 6, 2, 2)
+    y = wb.token_statistics(Z, Pi, U)
+    for k in range(2):
+        proj = U[k].T @ Z  # (p, n)
+        expected = (proj**2 * Pi[:, k]).sum(axis=1) / Pi[:, k].sum()
+        np.testing.assert_allclose(y[k], expected, rtol=1e-13)
+
+
+# ----------------------------------------------------------------- the gradient
+
+
+@pytest.mark.parametrize(
+    "d,n,p,K", [(4, 6, 4, 1), (4, 6, 2, 1), (5, 8, 5, 3), (6, 10, 2, 4), (3, 2, 1, 2)]
+)
+def test_gradient_matches_finite_differences_elementwise(rng, d, n, p, K):
+    Z, Pi, U = random_problem(rng, d, n, p, K)
+    eps = 0.6
+    grad = wb.variational_compression_grad(Z, Pi, U, eps)
+    numeric = numerical_grad(lambda: wb.variational_compression_rate(Z, Pi, U, eps), Z, h=1e-5)
+    # norm-wise: tiny entries carry the finite difference's rounding error (~1e-11 absolute)
+    err = np.linalg.norm(grad - numeric) / (np.linalg.norm(grad) + np.linalg.norm(numeric))
+    assert err < 1e-7
+
+
+@pytest.mark.parametrize("d,n,p,K", [(16, 200, 16, 1), (16, 200, 4, 1), (32, 300, 8, 4)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gradient_directional_derivative(d, n, p, K, seed):
+    rng = np.random.default_rng(seed)
+    Z, Pi, U = random_problem(rng, d, n, p, K)
+    eps = 0.5
+    grad = wb.variational_compression_grad(Z, Pi, U, eps)
+    err = check_directional(
+        lambda: wb.variational_compression_rate(Z, Pi, U, eps), Z, grad, seed=seed, h=1e-5
+    )
+    assert err < 1e-7
+
+
+def test_gradient_matches_sympy_closed_form():
+    # R_c^var differentiated symbolically on a 2 x 3 problem with K = 2, p = 1.
+    d, n, K, p = 2, 3, 2, 1
+    eps = sp.Rational(1, 2)
+    z = sp.Matrix(d, n, lambda i, j: sp.Symbol(f"z{i}{j}"))
+    rng = np.random.default_rng(7)
+    Zv, Piv, Uv = random_problem(rng, d, n, p, K)
+    Pi = sp.Matrix(Piv.round(3))
+    Pi = sp.Matrix(n, K, lambda j, k: Pi[j, k] / sum(Pi[j, :]))  # exact rows on the simplex
+    U = [sp.Matrix(Uv[k].round(3)) for k in range(K)]
+    R = 0
+    for k in range(K):
+        n_k = sum(Pi[:, k])
+        proj = U[k].T * z  # (p, n)
+        for i in range(p):
+            y = sum(Pi[j, k] * proj[i, j] ** 2 for j in range(n)) / n_k
+            R += n_k / (2 * n) * sp.log(1 + d / eps**2 * y)
+    grad_sym = sp.Matrix(d, n, lambda i, j: sp.diff(R, z[i, j]))
+    subs = {z[i, j]: sp.Float(Zv[i, j], 30) for i in range(d) for j in range(n)}
+    expected = np.array(grad_sym.subs(subs).evalf(20), dtype=np.float64)
+    Pi_num = np.array(Pi.evalf(30), dtype=np.float64)
+    U_num = np.stack([np.array(u, dtype=np.float64) for u in U])
+    grad = wb.variational_compression_grad(Zv, Pi_num, U_num, 0.5)
+    assert rel_error(grad, expected) < 1e-12
+
+
+def test_small_step_decreases_the_variational_rate(rng):
+    Z, Pi, U = random_problem(rng, 8, 40, 3, 3)
+    eps = 0.5
+    before = wb.variational_compression_rate(Z, Pi, U, eps)
+    g = wb.variational_compression_grad(Z, Pi, U, eps)
+    tau = 1e-3
+    after = wb.variational_compression_rate(wb.tssa_step(Z, Pi, U, eps, tau), Pi, U, eps)
+    assert after < before
+    # first-order prediction: the decrease is tau * ||grad||^2
+    assert (before - after) == pytest.approx(tau * np.sum(g * g), rel=1e-2)
+
+
+def test_tssa_step_is_z_minus_tau_grad(rng):
+    Z, Pi, U = random_problem(rng, 5, 9, 2, 2)
+    np.testing.assert_allclose(
+        wb.tssa_step(Z, Pi, U, 0.5, 0.3),
+        Z - 0.3 * wb.variational_compression_grad(Z, Pi, U, 0.5),
+        rtol=1e-15,
+    )
+
+
+def test_gradient_allocates_linear_memory_in_n():
+    """No n x n array: the peak allocation grows like n, not n^2."""
+
+    def peak(n):
+        rng = np.random.default_rng(0)
+        Z, Pi, U = random_problem(rng, 8, n, 2, 4)
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        wb.variational_compression_grad(Z, Pi, U, 0.5)
+        wb.variational_compression_rate(Z, Pi, U, 0.5)
+        wb.estimate_membership(Z, U, 0.1)
+        p = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return p
+
+    small, large = peak(2_000), peak(8_000)
+    assert large / small < 6  # 4x the tokens: about 4x the memory (n^2 would be 16x)
+    assert large < 0.05 * 8 * 8_000**2  # far below one float64 n x n array (512 MB)
+
+
+# ----------------------------------------------------------------- membership
+
+
+def test_estimate_membership_is_a_softmax_over_groups(rng):
+    d, n, K, eta = 5, 7, 3, 0.3
+    Z = rng.standard_normal((d, n))
+    U = np.linalg.qr(rng.standard_normal((K, d, d)))[0][:, :, :2]
+    Pi = wb.estimate_membership(Z, U, eta)
+    for j in range(n):
+        s = np.array([np.sum((U[k].T @ Z[:, j]) ** 2) / (2 * eta) for k in range(K)])
+        np.testing.assert_allclose(Pi[j], np.exp(s) / np.exp(s).sum(), rtol=1e-12)
+
+
+def test_estimate_membership_is_stable_for_tiny_eta(rng):
+    Z = 1e3 * rng.standard_normal((4, 10))
+    U = np.linalg.qr(rng.standard_normal((2, 4, 4)))[0][:, :, :2]
+    Pi = wb.estimate_membership(Z, U, 1e-6)
+    assert np.all(np.isfinite(Pi))
+    np.testing.assert_allclose(Pi.sum(axis=1), 1.0)
+
+
+def test_membership_recovers_the_true_groups():
+    mix = wb.data.subspace_mixture(n_per_group=50, d=12, p=2, K=3, noise=0.05, seed=3)
+    Pi = wb.estimate_membership(mix.Z, mix.U, 0.05)
+    assert np.mean(Pi.argmax(axis=1) == mix.labels) > 0.97
+
+
+# ----------------------------------------------------------------- dtypes and backends
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_functions_compute_in_the_input_dtype(xp, rng, dtype):
+    Z, Pi, U = (xp.asarray(a) for a in random_problem(rng, 6, 12, 3, 2, dtype))
+    for value in (
+        wb.coding_rate(Z, 0.5),
+        wb.compression_rate(Z, Pi, 0.5),
+        wb.rate_reduction(Z, Pi, 0.5),
+        wb.variational_compression_rate(Z, Pi, U, 0.5),
+    ):
+        assert value.dtype == dtype
+    assert wb.variational_compression_grad(Z, Pi, U, 0.5).dtype == dtype
+    assert wb.tssa_step(Z, Pi, U, 0.5, 0.1).dtype == dtype
+    assert wb.estimate_membership(Z, U, 0.5).dtype == dtype
+
+
+def test_float32_agrees_with_float64(xp, rng):
+    Z, Pi, U = random_problem(rng, 6, 30, 3, 2)
+    g64 = wb.variational_compression_grad(Z, Pi, U, 0.5)
+    g32 = wb.variational_compression_grad(
+        *(xp.asarray(a.astype(np.float32)) for a in (Z, Pi, U)), 0.5
+    )
+    assert rel_error(to_numpy(g32), g64, floor=1e-3) < 1e-4
+
+
+def test_same_results_on_every_backend(xp, rng):
+    Z, Pi, U = random_problem(rng, 6, 30, 3, 2)
+    got = to_numpy(
+        wb.variational_compression_grad(xp.asarray(Z), xp.asarray(Pi), xp.asarray(U), 0.5)
+    )
+    np.testing.assert_allclose(got, wb.variational_compression_grad(Z, Pi, U, 0.5), rtol=1e-10)
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def _good(rng):
+    return random_problem(rng, 4, 6, 2, 3)
+
+
+BAD_CASES = [
+    ("Z 1-D", lambda Z, Pi, U: (Z[0], Pi, U), r"Z must have shape \(d, n\)"),
+    ("Z nan", lambda Z, Pi, U: (np.where(Z > 0, np.nan, Z), Pi, U), "Z contains non-finite"),
+    ("Z inf", lambda Z, Pi, U: (Z * np.inf, Pi, U), "Z contains non-finite"),
+    ("Pi wrong n", lambda Z, Pi, U: (Z, Pi[:-1], U), r"Pi must have shape \(n, K\) = \(6, K\)"),
+    ("Pi off simplex", lambda Z, Pi, U: (Z, 2 * Pi, U), "Pi must have rows on the simplex"),
+    ("Pi negative", lambda Z, Pi, U: (Z, Pi - Pi.mean(), U), "Pi must have rows on the simplex"),
+    ("U wrong d", lambda Z, Pi, U: (Z, Pi, U[:, :-1]), r"U must have shape \(K, d, p\)"),
+    ("U wrong K", lambda Z, Pi, U: (Z, Pi, U[:-1]), r"U must have shape \(K, d, p\)"),
+    ("U 2-D", lambda Z, Pi, U: (Z, Pi, U[0]), r"U must have shape \(K, d, p\)"),
+    ("U nan", lambda Z, Pi, U: (Z, Pi, U * np.nan), "U contains non-finite"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,message", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_input_raises_value_error(rng, name, mutate, message):
+    Z, Pi, U = mutate(*_good(rng))
+    for fn in (wb.variational_compression_rate, wb.variational_compression_grad):
+        with pytest.raises(ValueError, match=message):
+            fn(Z, Pi, U, 0.5)
+    with pytest.raises(ValueError, match=message):
+        wb.tssa_step(Z, Pi, U, 0.5, 0.1)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1.0, np.nan, np.inf, "a"])
+def test_bad_eps(rng, eps):
+    Z, Pi, U = _good(rng)
+    for call in (
+        lambda: wb.coding_rate(Z, eps),
+        lambda: wb.compression_rate(Z, Pi, eps),
+        lambda: wb.rate_reduction(Z, Pi, eps),
+        lambda: wb.variational_compression_rate(Z, Pi, U, eps),
+        lambda: wb.variational_compression_grad(Z, Pi, U, eps),
+    ):
+        with pytest.raises(ValueError, match="eps must be a positive"):
+            call()
+
+
+def test_bad_tau_eta_and_membership_inputs(rng):
+    Z, Pi, U = _good(rng)
+    for tau in (np.nan, -0.1, None):
+        with pytest.raises(ValueError, match="tau must be"):
+            wb.tssa_step(Z, Pi, U, 0.5, tau)
+    with pytest.raises(ValueError, match="eta must be a positive"):
+        wb.estimate_membership(Z, U, 0.0)
+    with pytest.raises(ValueError, match=r"U must have shape \(K, d, p\) with d = 4"):
+        wb.estimate_membership(Z, U[:, :3], 0.1)
+    with pytest.raises(ValueError, match="Z must have shape"):
+        wb.coding_rate(np.zeros((3, 0)), 0.5)
+    with pytest.raises(ValueError, match="Pi must have shape"):
+        wb.compression_rate(Z, Pi.T, 0.5)

@@ -1,0 +1,35 @@
+"""whitebox: the Token Statistics Transformer (ToST), derived from rate reduction.
+
+``import whitebox as wb`` gives the mathematics at the top level (``wb.coding_rate``,
+``wb.variational_compression_grad``, ``wb.tssa_step``, ...); the layers live in
+``whitebox.nn``, the networks in ``whitebox.models``.
+"""
+
+from . import backend, data
+from .mcr2 import (
+    SIMPLEX_ATOL,
+    coding_rate,
+    compression_rate,
+    estimate_membership,
+    rate_reduction,
+    token_statistics,
+    tssa_step,
+    variational_compression_grad,
+    variational_compression_rate,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SIMPLEX_ATOL",
+    "backend",
+    "coding_rate",
+    "compression_rate",
+    "data",
+    "estimate_membership",
+    "rate_reduction",
+    "token_statistics",
+    "tssa_step",
+    "variational_compression_grad",
+    "variational_compression_rate",
+]

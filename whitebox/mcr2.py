@@ -1,0 +1,295 @@
+r"""Coding rates, the MCR² objective, its variational compression term and the TSSA step.
+
+Notation follows the paper (Wu et al., ICLR 2025, arXiv 2412.17810), with the layout said once:
+
+* ``Z``  : (d, n)    tokens are the n columns z_1, ..., z_n of dimension d;
+* ``Pi`` : (n, K)    row j is on the simplex: the soft membership of token j in the K groups;
+  the column pi_k holds group k's weights and n_k = sum_j Pi[j, k];
+* ``U``  : (K, d, p) one basis U_k (d x p) per group;
+* ``eps``: epsilon, the coding precision (epsilon itself, *not* epsilon squared).
+
+The scale inside every log-determinant is d / (n eps^2) (other public code writes p/(m eps) or
+d/(m eps) with eps meaning eps^2; ours is pinned here and by a test).
+
+Functions (all work unchanged on NumPy and CuPy arrays and compute in the dtype of Z):
+
+    coding_rate                 R(Z)       = 1/2 logdet(I + d/(n eps^2) Z Z^T)
+    compression_rate            R_c(Z|Pi)  = sum_k n_k/(2n) logdet(I + d/(n_k eps^2) Z diag(pi_k) Z^T)
+    rate_reduction              DeltaR     = R - R_c
+    variational_compression_rate R_c^var   = sum_k n_k/(2n) sum_i log(1 + d/eps^2 y_ki)
+                                 with the token statistics y_k = (U_k^T Z)^{.2} pi_k / n_k
+    variational_compression_grad grad      = 1/n sum_k U_k D_k U_k^T Z diag(pi_k),
+                                 D_k = diag((d/eps^2) / (1 + (d/eps^2) y_k))
+    tssa_step                    Z - tau * grad
+    estimate_membership          Pi[j, k] = softmax_k(||U_k^T z_j||^2 / (2 eta))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_array_module
+
+#: Tolerance for "rows of Pi sum to one" (absolute, per row), loose enough for float32.
+SIMPLEX_ATOL = 1e-5
+
+__all__ = [
+    "SIMPLEX_ATOL",
+    "coding_rate",
+    "compression_rate",
+    "rate_reduction",
+    "variational_compression_rate",
+    "variational_compression_grad",
+    "tssa_step",
+    "estimate_membership",
+    "token_statistics",
+]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_float(xp, a, name):
+    """The array ``a`` as a floating array (integers become float64), dtype otherwise kept."""
+    a = xp.asarray(a)
+    if a.dtype.kind not in "fc":
+        if a.dtype.kind not in "biu":
+            raise ValueError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+        a = a.astype(np.float64)
+    if a.dtype.kind == "c":
+        raise ValueError(f"{name} must be real, got complex dtype {a.dtype}")
+    return a
+
+
+def _check_finite(xp, a, name):
+    if not bool(xp.all(xp.isfinite(a))):
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+
+
+def _check_Z(Z):
+    xp = get_array_module(Z)
+    Z = _as_float(xp, Z, "Z")
+    if Z.ndim != 2:
+        raise ValueError(f"Z must have shape (d, n) (tokens as columns), got shape {Z.shape}")
+    d, n = Z.shape
+    if d == 0 or n == 0:
+        raise ValueError(f"Z must have shape (d, n) with d >= 1 and n >= 1, got shape {Z.shape}")
+    _check_finite(xp, Z, "Z")
+    return xp, Z
+
+
+def _check_positive(value, name):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive real number, got {value!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return v
+
+
+def _check_Pi(xp, Pi, n, dtype):
+    Pi = _as_float(xp, Pi, "Pi")
+    if Pi.ndim != 2 or Pi.shape[0] != n:
+        raise ValueError(f"Pi must have shape (n, K) = ({n}, K) to match Z, got shape {Pi.shape}")
+    if Pi.shape[1] == 0:
+        raise ValueError(f"Pi must have at least one group (K >= 1), got shape {Pi.shape}")
+    _check_finite(xp, Pi, "Pi")
+    if bool(xp.any(Pi < 0)):
+        raise ValueError("Pi must have rows on the simplex: found negative entries")
+    row_sums = Pi.sum(axis=1)
+    worst = float(xp.max(xp.abs(row_sums - 1)))
+    if worst > SIMPLEX_ATOL:
+        raise ValueError(
+            f"Pi must have rows on the simplex (each row sums to 1); the worst row is off by {worst:.3g}"
+        )
+    return Pi.astype(dtype, copy=False)
+
+
+def _check_U(xp, U, d, K, dtype):
+    U = _as_float(xp, U, "U")
+    if U.ndim != 3:
+        raise ValueError(f"U must have shape (K, d, p) = ({K}, {d}, p), got shape {U.shape}")
+    if U.shape[0] != K or U.shape[1] != d:
+        raise ValueError(
+            f"U must have shape (K, d, p) = ({K}, {d}, p) to match Pi (K={K}) and Z (d={d}), "
+            f"got shape {U.shape}"
+        )
+    if U.shape[2] == 0:
+        raise ValueError(f"U must have p >= 1 columns per basis, got shape {U.shape}")
+    _check_finite(xp, U, "U")
+    return U.astype(dtype, copy=False)
+
+
+def _logdet_spd(xp, A):
+    """log det of a (batch of) symmetric positive definite matrix by Cholesky."""
+    L = xp.linalg.cholesky(A)
+    return 2 * xp.log(xp.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+
+
+def _scalar(x):
+    """A 0-d result: a NumPy scalar on the CPU, a 0-d array on the GPU (no device sync)."""
+    return x[()]
+
+
+# --------------------------------------------------------------------------- exact rates
+
+
+def coding_rate(Z, eps):
+    r"""Coding rate of the tokens: R(Z) = 1/2 logdet(I_d + d/(n eps^2) Z Z^T).
+
+    The number of nats needed to code the n columns of ``Z`` up to precision ``eps`` (paper
+    eq. (1); Ma et al. 2007). ``Z``: (d, n); ``eps`` > 0 is epsilon (not epsilon squared).
+    Returns a scalar in the dtype of ``Z``.
+    """
+    xp, Z = _check_Z(Z)
+    eps = _check_positive(eps, "eps")
+    d, n = Z.shape
+    alpha = d / (n * eps**2)
+    A = xp.eye(d, dtype=Z.dtype) + alpha * (Z @ Z.T)  # (d, d)
+    return _scalar(0.5 * _logdet_spd(xp, A))
+
+
+def compression_rate(Z, Pi, eps):
+    r"""Rate of coding each group separately:
+
+        R_c(Z | Pi) = sum_k n_k/(2n) logdet(I_d + d/(n_k eps^2) Z diag(pi_k) Z^T),
+        n_k = sum_j Pi[j, k].
+
+    ``Z``: (d, n), ``Pi``: (n, K) with rows on the simplex, ``eps`` > 0. An empty group
+    (n_k = 0) contributes 0, its limit as n_k -> 0.
+    """
+    xp, Z = _check_Z(Z)
+    d, n = Z.shape
+    Pi = _check_Pi(xp, Pi, n, Z.dtype)
+    eps = _check_positive(eps, "eps")
+    n_k = Pi.sum(axis=0)  # (K,)
+    nonempty = n_k > 0
+    safe_nk = xp.where(nonempty, n_k, 1)
+    # Z diag(pi_k) Z^T for every k at once: (K, d, d)
+    cov = xp.einsum("in,nk,jn->kij", Z, Pi, Z)
+    alpha = (d / eps**2) / safe_nk  # (K,)
+    A = xp.eye(d, dtype=Z.dtype) + alpha[:, None, None] * cov
+    logdets = _logdet_spd(xp, A)  # (K,)
+    terms = xp.where(nonempty, n_k / (2 * n) * logdets, 0)
+    return _scalar(terms.sum())
+
+
+def rate_reduction(Z, Pi, eps):
+    r"""The MCR² objective DeltaR(Z | Pi) = R(Z) - R_c(Z | Pi) (paper eq. (2)): expand the whole,
+    compress the parts. ``Z``: (d, n), ``Pi``: (n, K), ``eps`` > 0."""
+    return coding_rate(Z, eps) - compression_rate(Z, Pi, eps)
+
+
+# --------------------------------------------------------------------------- variational form
+
+
+def _checked_all(Z, Pi, U, eps):
+    xp, Z = _check_Z(Z)
+    d, n = Z.shape
+    Pi = _check_Pi(xp, Pi, n, Z.dtype)
+    U = _check_U(xp, U, d, Pi.shape[1], Z.dtype)
+    eps = _check_positive(eps, "eps")
+    return xp, Z, Pi, U, eps
+
+
+def _statistics(xp, Z, Pi, U):
+    """Shared work of the value and the gradient: U_k^T Z, n_k and y_k."""
+    UtZ = xp.einsum("kdp,dn->kpn", U, Z)  # (K, p, n): projections of every token on every basis
+    n_k = Pi.sum(axis=0)  # (K,)
+    safe_nk = xp.where(n_k > 0, n_k, 1)  # an empty group has y_k = 0/0; its weight is 0 anyway
+    # y_k = (U_k^T Z)^{.2} pi_k / n_k, for all k: (K, p)
+    y = xp.einsum("kpn,nk->kp", UtZ * UtZ, Pi) / safe_nk[:, None]
+    return UtZ, n_k, y
+
+
+def token_statistics(Z, Pi, U):
+    r"""The token statistics y_k = (U_k^T Z)^{.2} pi_k / n_k, stacked as (K, p).
+
+    The only thing TSSA needs to know about the tokens: per group, the weighted second moment of
+    each projected coordinate. ``Z``: (d, n), ``Pi``: (n, K), ``U``: (K, d, p)."""
+    xp, Z = _check_Z(Z)
+    d, n = Z.shape
+    Pi = _check_Pi(xp, Pi, n, Z.dtype)
+    U = _check_U(xp, U, d, Pi.shape[1], Z.dtype)
+    return _statistics(xp, Z, Pi, U)[2]
+
+
+def variational_compression_rate(Z, Pi, U, eps):
+    r"""The variational compression term (the paper's R_c^var):
+
+        R_c^var(Z, Pi | U) = sum_k n_k/(2n) sum_i log(1 + (d/eps^2) y_ki),
+        y_k = (U_k^T Z)^{.2} pi_k / n_k                       (shape (p,) per group).
+
+    For p = d and orthogonal U_k it bounds ``compression_rate`` from above (a concave function
+    of a PSD matrix's eigenvalues is at most the same function of its diagonal in any
+    orthonormal basis), with equality when U_k diagonalizes Z diag(pi_k) Z^T.
+    ``Z``: (d, n), ``Pi``: (n, K), ``U``: (K, d, p), ``eps`` > 0.
+    """
+    xp, Z, Pi, U, eps = _checked_all(Z, Pi, U, eps)
+    d, n = Z.shape
+    _, n_k, y = _statistics(xp, Z, Pi, U)
+    c = d / eps**2
+    per_group = xp.log1p(c * y).sum(axis=1)  # (K,)
+    return _scalar((n_k / (2 * n) * per_group).sum())
+
+
+def variational_compression_grad(Z, Pi, U, eps):
+    r"""Gradient of ``variational_compression_rate`` with respect to Z (Pi held fixed):
+
+        grad = (1/n) sum_k U_k D_k U_k^T Z diag(pi_k),
+        D_k  = diag( (d/eps^2) / (1 + (d/eps^2) y_k) ).
+
+    Costs O(n d p K) time and memory: there is no n x n array anywhere (compare softmax
+    attention's n x n score matrix). Returns an array shaped like ``Z``: (d, n).
+    """
+    xp, Z, Pi, U, eps = _checked_all(Z, Pi, U, eps)
+    d, n = Z.shape
+    K, _, p = U.shape
+    UtZ, _, y = _statistics(xp, Z, Pi, U)
+    c = d / eps**2
+    D = c / (1 + c * y)  # (K, p)
+    W = D[:, :, None] * UtZ * Pi.T[:, None, :]  # (K, p, n): D_k U_k^T Z diag(pi_k)
+    # sum_k U_k W_k as one (d, K p) @ (K p, n) product
+    U_flat = U.transpose(1, 0, 2).reshape(d, K * p)  # (d, K p)
+    return (U_flat @ W.reshape(K * p, n)) / n
+
+
+def tssa_step(Z, Pi, U, eps, tau):
+    r"""One gradient-descent step on the variational compression term:
+
+        Z_+ = Z - tau * grad_Z R_c^var(Z, Pi | U),
+
+    the unrolled step that *is* Token Statistics Self-Attention (paper eq. (8)/(9)).
+    ``tau`` is the step size (finite, >= 0)."""
+    try:
+        t = float(tau)
+    except (TypeError, ValueError):
+        raise ValueError(f"tau must be a finite real number >= 0, got {tau!r}") from None
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"tau must be a finite real number >= 0, got {tau!r}")
+    xp, Z = _check_Z(Z)
+    return Z - t * variational_compression_grad(Z, Pi, U, eps)
+
+
+def estimate_membership(Z, U, eta):
+    r"""Soft group membership from how much of each token each basis captures:
+
+        Pi[j, k] = softmax_k( ||U_k^T z_j||^2 / (2 eta) ),
+
+    computed with the max subtracted. ``Z``: (d, n), ``U``: (K, d, p), ``eta`` > 0 is a
+    temperature (small eta: nearly hard assignment). Returns ``Pi``: (n, K), rows on the simplex.
+    """
+    xp, Z = _check_Z(Z)
+    d, n = Z.shape
+    U = _as_float(xp, U, "U")
+    if U.ndim != 3 or U.shape[1] != d or U.shape[0] == 0 or U.shape[2] == 0:
+        raise ValueError(f"U must have shape (K, d, p) with d = {d} to match Z, got {U.shape}")
+    _check_finite(xp, U, "U")
+    U = U.astype(Z.dtype, copy=False)
+    eta = _check_positive(eta, "eta")
+    UtZ = xp.einsum("kdp,dn->kpn", U, Z)  # (K, p, n)
+    scores = (UtZ * UtZ).sum(axis=1).T / (2 * eta)  # (n, K)
+    scores = scores - scores.max(axis=1, keepdims=True)
+    e = xp.exp(scores)
+    return e / e.sum(axis=1, keepdims=True)
