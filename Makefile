@@ -49,7 +49,7 @@ notebooks: venv
 
 # Regenerate the learner copies of the exercises from the instructor sources.
 exercises: venv
-	$(BIN)/python -m exercises.build
+	$(BIN)/python scripts/build_exercises.py
 
 # Regenerate the results table in README.md (trains every configuration; takes a while).
 results: venv
