@@ -5,7 +5,7 @@
 ``whitebox.nn``, the networks in ``whitebox.models``.
 """
 
-from . import backend, data
+from . import backend, data, interop, models, nn
 from .mcr2 import (
     SIMPLEX_ATOL,
     coding_rate,
@@ -26,6 +26,9 @@ __all__ = [
     "coding_rate",
     "compression_rate",
     "data",
+    "interop",
+    "models",
+    "nn",
     "estimate_membership",
     "rate_reduction",
     "token_statistics",

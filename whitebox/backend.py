@@ -29,6 +29,16 @@ def get_array_module(*arrays):
     return np
 
 
+def erf(x):
+    """The error function elementwise: SciPy's on NumPy arrays, cupyx's on CuPy arrays
+    (NumPy itself has none; the exact GELU needs it)."""
+    if _is_cupy_array(x):
+        from cupyx.scipy.special import erf as _erf
+    else:
+        from scipy.special import erf as _erf
+    return _erf(x)
+
+
 def gpu_available() -> bool:
     """True when CuPy imports and sees at least one working GPU."""
     try:

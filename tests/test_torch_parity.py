@@ -1,0 +1,356 @@
+"""Parity with PyTorch modules written here from the public ToST code's formulas (optional).
+
+Outputs and gradients (``interop.official_grads`` vs ``.grad``) for TSSA, CausalTSSA and a
+whole small language model loaded through ``interop.load_official(official_state(torch))``;
+also AdamW against ``torch.optim.AdamW`` and ``cross_entropy`` against ``F.cross_entropy``.
+Skipped when torch is not installed; torch is never a dependency of the library."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+tnn = torch.nn
+
+from whitebox import interop, models, nn  # noqa: E402
+
+pytestmark = pytest.mark.torch
+F64 = np.float64
+
+
+# --------------------------------------------------------------------------------------------
+# The reference modules (names and operations of the public ToST code)
+# --------------------------------------------------------------------------------------------
+
+
+class TorchTSSA(tnn.Module):
+    """``AttentionTSSA``."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.heads = num_heads
+        self.qkv = tnn.Linear(dim, dim, bias=True)
+        self.temp = tnn.Parameter(torch.ones(num_heads, 1))
+        self.to_out = tnn.Sequential(tnn.Linear(dim, dim))
+
+    def forward(self, x):
+        b, n, D = x.shape
+        w = self.qkv(x).view(b, n, self.heads, D // self.heads).transpose(1, 2)  # b h n d
+        w_normed = F.normalize(w, dim=-2)
+        Pi = F.softmax((w_normed**2).sum(dim=-1) * self.temp, dim=1)  # b h n
+        dots = torch.matmul((Pi / (Pi.sum(dim=-1, keepdim=True) + 1e-8)).unsqueeze(-2), w**2)
+        attn = 1.0 / (1 + dots)
+        out = -torch.mul(w.mul(Pi.unsqueeze(-1)), attn)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, D))
+
+
+class TorchCausalTSSA(tnn.Module):
+    """nanoGPT ``CausalSelfAttention`` of the public ToST code."""
+
+    def __init__(self, n_embd, n_head, block_size):
+        super().__init__()
+        self.n_head = n_head
+        self.c_attn = tnn.Linear(n_embd, n_embd)
+        self.c_proj = tnn.Linear(n_embd, n_embd)
+        self.temp = tnn.Parameter(torch.ones(n_head, 1))
+        self.denom_bias = tnn.Parameter(torch.zeros(n_head, block_size, 1))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        w = self.c_attn(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        w_sq = w**2
+        denom = torch.cumsum(w_sq, dim=-2).clamp_min(1e-12)
+        w_normed = (w_sq / denom) + self.denom_bias[:, :T, :]
+        Pi = F.softmax(torch.sum(w_normed, dim=-1) * self.temp, dim=1)  # B, nh, T
+        dots = torch.cumsum(w_sq * Pi.unsqueeze(-1), dim=-2) / (Pi.cumsum(dim=-1) + 1e-8).unsqueeze(
+            -1
+        )
+        y = -torch.mul(w.mul(Pi.unsqueeze(-1)), 1.0 / (1 + dots))
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class TorchCausalSoftmax(tnn.Module):
+    """nanoGPT's GPT attention (the baseline)."""
+
+    def __init__(self, n_embd, n_head, block_size):
+        super().__init__()
+        self.n_head = n_head
+        self.c_attn = tnn.Linear(n_embd, 3 * n_embd)
+        self.c_proj = tnn.Linear(n_embd, n_embd)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        y = F.softmax(att, dim=-1) @ v
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class TorchMLP(tnn.Module):
+    def __init__(self, n_embd):
+        super().__init__()
+        self.c_fc = tnn.Linear(n_embd, 4 * n_embd)
+        self.c_proj = tnn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x)))
+
+
+class TorchBlock(tnn.Module):
+    def __init__(self, n_embd, n_head, block_size, attention):
+        super().__init__()
+        self.ln_1 = tnn.LayerNorm(n_embd, eps=1e-5)
+        attn = TorchCausalTSSA if attention == "tssa" else TorchCausalSoftmax
+        self.attn = attn(n_embd, n_head, block_size)
+        self.ln_2 = tnn.LayerNorm(n_embd, eps=1e-5)
+        self.mlp = TorchMLP(n_embd)
+        self.gamma1 = tnn.Parameter(torch.ones(n_embd))
+        self.gamma2 = tnn.Parameter(torch.ones(n_embd))
+
+    def forward(self, x):
+        x = x + self.gamma1 * self.attn(self.ln_1(x))
+        return x + self.gamma2 * self.mlp(self.ln_2(x))
+
+
+class TorchLM(tnn.Module):
+    def __init__(self, vocab, block_size, n_layer, n_head, n_embd, attention="tssa"):
+        super().__init__()
+        self.transformer = tnn.ModuleDict(
+            dict(
+                wte=tnn.Embedding(vocab, n_embd),
+                wpe=tnn.Embedding(block_size, n_embd),
+                h=tnn.ModuleList(
+                    TorchBlock(n_embd, n_head, block_size, attention) for _ in range(n_layer)
+                ),
+                ln_f=tnn.LayerNorm(n_embd, eps=1e-5),
+            )
+        )
+        self.lm_head = tnn.Linear(n_embd, vocab, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T))
+        for blk in self.transformer.h:
+            x = blk(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+def randomize_torch(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def torch_state(module):
+    return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+
+
+def torch_grads(module):
+    return {k: p.grad.numpy() for k, p in module.named_parameters()}
+
+
+def assert_grads_match(ours, theirs, rtol):
+    assert set(ours) == set(theirs) - {"lm_head.weight"}
+    for k, g in ours.items():
+        np.testing.assert_allclose(g, theirs[k], rtol=rtol, atol=rtol * np.abs(theirs[k]).max(),
+                                   err_msg=k)  # fmt: skip
+
+
+def run_both(ours, theirs, x_np, rng, dtype=torch.float64):
+    """Forward both, backward a random G through both; returns outputs and input grads."""
+    x_t = torch.tensor(x_np, dtype=dtype, requires_grad=True)
+    y_t = theirs(x_t)
+    G = rng.standard_normal(tuple(y_t.shape))
+    y_t.backward(torch.tensor(G, dtype=dtype))
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    y = ours.forward(x_np.astype(np_dtype))
+    dx = ours.backward(G.astype(np_dtype))
+    return y, y_t.detach().numpy(), dx, x_t.grad.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+@pytest.mark.parametrize("column_scale", [None, 0.0, 1e-14])
+def test_tssa_parity(num_heads, column_scale):
+    rng = np.random.default_rng(num_heads)
+    theirs = randomize_torch(TorchTSSA(8, num_heads).double(), num_heads)
+    if column_scale is not None:
+        # one head coordinate with norm over the tokens below 1e-12 (zero or tiny): the floor
+        # is active and its clamped side passes no gradient
+        with torch.no_grad():
+            theirs.qkv.weight[2] *= column_scale
+            theirs.qkv.bias[2] = 0.0
+    ours = interop.load_official(nn.TSSA(8, num_heads, dtype=F64), torch_state(theirs))
+    y, y_t, dx, dx_t = run_both(ours, theirs, rng.standard_normal((2, 5, 8)), rng)
+    np.testing.assert_allclose(y, y_t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-10, atol=1e-12)
+    assert_grads_match(interop.official_grads(ours), torch_grads(theirs), 1e-10)
+    np.testing.assert_allclose(ours.last_pi.sum(axis=1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 4])
+@pytest.mark.parametrize("T", [1, 3, 6])
+def test_causal_tssa_parity(num_heads, T):
+    rng = np.random.default_rng(T)
+    theirs = randomize_torch(TorchCausalTSSA(8, num_heads, 6).double(), T)
+    ours = interop.load_official(nn.CausalTSSA(8, num_heads, 6, dtype=F64), torch_state(theirs))
+    x = rng.standard_normal((2, T, 8))
+    y, y_t, dx, dx_t = run_both(ours, theirs, x, rng)
+    np.testing.assert_allclose(y, y_t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-10, atol=1e-12)
+    assert_grads_match(interop.official_grads(ours), torch_grads(theirs), 1e-10)
+
+
+@pytest.mark.parametrize("first_scale", [0.0, 1e-9])
+def test_causal_tssa_parity_with_clamped_prefix(first_scale):
+    """The first token maps to w = 0 or tiny w: its prefix sums of w^2 fall below 1e-12 and hit
+    the clamp, whose clamped side passes no gradient."""
+    rng = np.random.default_rng(0)
+    theirs = randomize_torch(TorchCausalTSSA(8, 2, 5).double(), 0)
+    with torch.no_grad():
+        theirs.c_attn.bias.zero_()
+    ours = interop.load_official(nn.CausalTSSA(8, 2, 5, dtype=F64), torch_state(theirs))
+    x = rng.standard_normal((2, 4, 8))
+    x[:, 0] *= first_scale
+    y, y_t, dx, dx_t = run_both(ours, theirs, x, rng)
+    np.testing.assert_allclose(y, y_t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-10, atol=1e-12)
+    assert_grads_match(interop.official_grads(ours), torch_grads(theirs), 1e-10)
+
+
+def test_tssa_parity_float32():
+    """float32 all the way (a longer sequence): agrees with torch's float32 to ~1e-5."""
+    rng = np.random.default_rng(3)
+    theirs = randomize_torch(TorchTSSA(32, 4), 3)
+    ours = interop.load_official(nn.TSSA(32, 4), torch_state(theirs))
+    y, y_t, dx, dx_t = run_both(ours, theirs, rng.standard_normal((2, 64, 32)), rng, torch.float32)
+    assert y.dtype == np.float32 and dx.dtype == np.float32
+    rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert rel(y, y_t) < 1e-5 and rel(dx, dx_t) < 1e-5
+    for k, g in interop.official_grads(ours).items():
+        assert g.dtype == np.float32 and rel(g, torch_grads(theirs)[k]) < 1e-5, k
+
+
+# --------------------------------------------------------------------------------------------
+# Whole language model
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", ["tssa", "softmax"])
+@pytest.mark.parametrize("T", [4, 6])
+def test_language_model_parity(attention, T):
+    rng = np.random.default_rng(T)
+    theirs = randomize_torch(TorchLM(11, 6, 2, 2, 8, attention).double(), T)
+    state = torch_state(theirs)
+    assert "lm_head.weight" in state  # tied copy in the checkpoint: accepted
+    ours = models.ToSTLanguageModel(11, 6, 2, 2, 8, attention=attention, dtype=F64, seed=5)
+    interop.load_official(ours, state)
+    idx = rng.integers(0, 11, size=(2, T))
+    logits_t = theirs(torch.tensor(idx))
+    targets = rng.integers(0, 11, size=(2, T))
+    loss_t = F.cross_entropy(logits_t.reshape(-1, 11), torch.tensor(targets).reshape(-1))
+    loss_t.backward()
+    logits = ours.forward(idx)
+    loss, dlogits = nn.cross_entropy(logits, targets)
+    ours.backward(dlogits)
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert loss == pytest.approx(loss_t.item(), rel=1e-12)
+    assert_grads_match(interop.official_grads(ours), torch_grads(theirs), 1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Loss, optimizer, conversion script
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_cross_entropy_parity(label_smoothing):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((3, 4, 6)) * 4
+    t = rng.integers(0, 6, (3, 4))
+    zt = torch.tensor(z, requires_grad=True)
+    lt = F.cross_entropy(zt.reshape(-1, 6), torch.tensor(t).reshape(-1),
+                         label_smoothing=label_smoothing)  # fmt: skip
+    lt.backward()
+    loss, dz = nn.cross_entropy(z, t, label_smoothing)
+    assert loss == pytest.approx(lt.item(), rel=1e-12)
+    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_adamw_parity():
+    rng = np.random.default_rng(0)
+    block = nn.Block(8, 2, attention="tssa", causal=True, block_size=4, dtype=F64)
+    params = block.parameters()
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    decay = [p for k, p in tparams.items() if not block.no_weight_decay(k)]
+    no_decay = [p for k, p in tparams.items() if block.no_weight_decay(k)]
+    topt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.01, betas=(0.9, 0.95), eps=1e-8,
+    )  # fmt: skip
+    opt = nn.AdamW(block, lr=0.01, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for step in range(4):
+        lr = nn.cosine_lr(step, 4, 1, 0.01)
+        block.grads = {}
+        for _, m in block.named_modules():
+            m.grads = {k: rng.standard_normal(v.shape) for k, v in m.params.items()}
+        for k, g in block.gradients().items():
+            tparams[k].grad = torch.tensor(g.copy())
+        for group in topt.param_groups:
+            group["lr"] = lr
+        topt.step()
+        opt.step(lr=lr)
+    for k, p in block.parameters().items():
+        np.testing.assert_allclose(p, tparams[k].detach().numpy(), rtol=1e-12, atol=1e-15,
+                                   err_msg=k)  # fmt: skip
+
+
+def test_clip_grad_norm_parity():
+    rng = np.random.default_rng(1)
+    lin = nn.Linear(4, 3, dtype=F64)
+    lin.grads = {k: rng.standard_normal(v.shape) for k, v in lin.params.items()}
+    tp = [torch.zeros(v.shape, dtype=torch.float64, requires_grad=True) for v in lin.grads.values()]
+    for p, g in zip(tp, lin.grads.values()):
+        p.grad = torch.tensor(g.copy())
+    total_t = torch.nn.utils.clip_grad_norm_(tp, 0.5)
+    total = nn.clip_grad_norm(lin, 0.5)
+    assert total == pytest.approx(total_t.item(), rel=1e-12)
+    for p, g in zip(tp, lin.grads.values()):
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-12)
+
+
+def test_convert_pt_script(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_pt.py"
+    spec = importlib.util.spec_from_file_location("convert_pt", path)
+    convert_pt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert_pt)
+    theirs = randomize_torch(TorchLM(11, 6, 1, 2, 8), 0)
+    ckpt = {
+        "model": {"_orig_mod." + k: v for k, v in theirs.state_dict().items()},  # torch.compile
+        "model_args": dict(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8),
+        "iter_num": 3,
+    }
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    names = convert_pt.convert(tmp_path / "ckpt.pt", tmp_path / "w.npz")
+    assert "transformer.wte.weight" in names and not any("_orig_mod" in n for n in names)
+    assert (tmp_path / "w.json").exists()
+    ours = models.ToSTLanguageModel(11, 6, 1, 2, 8)
+    with np.load(tmp_path / "w.npz") as f:
+        interop.load_official(ours, f)
+    idx = np.array([[1, 2, 3, 4]])
+    with torch.no_grad():
+        ref = theirs(torch.tensor(idx)).numpy()
+    np.testing.assert_allclose(ours.forward(idx), ref, rtol=1e-4, atol=1e-5)

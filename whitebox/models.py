@@ -1,0 +1,316 @@
+r"""Networks built from ``whitebox.nn``: a ToST image classifier and a ToST language model.
+
+Both take ``attention="tssa"`` (the Token Statistics Transformer) or ``attention="softmax"``
+(the ViT / GPT baseline from the same code). Each model keeps ``self.config``, a JSON-able dict
+of its constructor arguments plus ``"model"``, and :func:`build` rebuilds it from that dict:
+
+    model = build(json.loads(json.dumps(other.config)))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_array_module, to_numpy
+from .nn import (
+    INIT_STD,
+    Block,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Module,
+    ModuleList,
+    _check_finite,
+    _check_tokens,
+    _normal,
+)
+
+
+class ToSTClassifier(Module):
+    r"""Vision ToST (or ViT with ``attention="softmax"``) for small images such as 8 x 8 digits.
+
+    Z_0 = patchify(x) W_patch + b_patch + E_pos       (B, N, D), N = (image_size / patch_size)^2
+    Z_l = Block_l(Z_{l-1})                              l = 1..L (see ``nn.Block``)
+    logits = LN(pool(Z_L)) W_head + b_head              (B, num_classes)
+
+    ``pool="mean"`` averages the N tokens; ``pool="cls"`` prepends a learned class token and
+    reads it out (N + 1 tokens then).
+
+    Children: 'patch_embed' (Linear C p^2 -> D), 'blocks.{l}', 'norm' (LayerNorm), 'head';
+    params: 'pos_embed' (1, N[+1], D), and 'cls_token' (1, 1, D) with ``pool="cls"``.
+
+    White-box access: ``forward(x, return_intermediates=True)`` returns ``(logits, inter)`` with
+    ``inter["tokens"]`` = [Z_0, ..., Z_L] (each (B, N, D), NumPy/CuPy as the input) and
+    ``inter["pi"]`` = [Pi of block l (B, H, N)] for TSSA (``None`` entries for softmax
+    attention, whose maps are in ``inter["attn"]``, each (B, H, N, N)). The same lists stay in
+    ``self.intermediates`` after every forward."""
+
+    def __init__(
+        self, image_size=8, patch_size=2, in_chans=1, num_classes=10, dim=32, depth=2,
+        num_heads=4, mlp_ratio=4, attention="tssa", pool="mean", layer_scale_init=1.0,
+        dtype="float32", seed=0,
+    ):  # fmt: skip
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(
+                f"patch_size: image_size={image_size} must be divisible by patch_size={patch_size}"
+            )
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool: expected 'mean' or 'cls', got {pool!r}")
+        dtype = np.dtype(dtype)
+        self.config = dict(
+            model="classifier", image_size=image_size, patch_size=patch_size,
+            in_chans=in_chans, num_classes=num_classes, dim=dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, attention=attention, pool=pool,
+            layer_scale_init=layer_scale_init, dtype=dtype.name, seed=seed,
+        )  # fmt: skip
+        rng = np.random.default_rng(seed)
+        self.image_size, self.patch_size, self.in_chans = image_size, patch_size, in_chans
+        self.dim, self.pool = dim, pool
+        self.num_patches = (image_size // patch_size) ** 2
+        n_tokens = self.num_patches + (pool == "cls")
+        self.patch_embed = Linear(in_chans * patch_size**2, dim, dtype=dtype, rng=rng)
+        self.blocks = ModuleList(
+            Block(dim, num_heads, attention, False, None, mlp_ratio, layer_scale_init, dtype, rng)
+            for _ in range(depth)
+        )
+        self.norm = LayerNorm(dim, dtype=dtype)
+        self.head = Linear(dim, num_classes, dtype=dtype, rng=rng)
+        self.params = {"pos_embed": _normal(rng, (1, n_tokens, dim), INIT_STD, dtype)}
+        if pool == "cls":
+            self.params["cls_token"] = _normal(rng, (1, 1, dim), INIT_STD, dtype)
+        self.intermediates = None
+
+    def _patchify(self, x):
+        """(B, C, S, S) -> (B, N, C P^2), patches in row-major order (a stride-P convolution)."""
+        B, C, S, _ = x.shape
+        P, G = self.patch_size, self.image_size // self.patch_size
+        x = x.reshape(B, C, G, P, G, P).transpose(0, 2, 4, 1, 3, 5)  # (B, G, G, C, P, P)
+        return x.reshape(B, G * G, C * P * P)  # (B, N, C P^2)
+
+    def _unpatchify(self, d):
+        B = d.shape[0]
+        C, P, G = self.in_chans, self.patch_size, self.image_size // self.patch_size
+        d = d.reshape(B, G, G, C, P, P).transpose(0, 3, 1, 4, 2, 5)  # (B, C, G, P, G, P)
+        return d.reshape(B, C, G * P, G * P)
+
+    def forward(self, x, return_intermediates=False):
+        """x: (B, C, S, S) or (B, S, S) when C = 1. Returns logits (B, num_classes)."""
+        S, C = self.image_size, self.in_chans
+        shape = getattr(x, "shape", None)
+        if shape is not None and len(shape) == 3 and C == 1:
+            x = x[:, None]
+        if getattr(x, "ndim", None) != 4 or x.shape[1:] != (C, S, S):
+            raise ValueError(f"x: expected shape (B, {C}, {S}, {S}) or (B, {S}, {S}), got {shape}")
+        _check_finite(x)
+        xp = get_array_module(self.params["pos_embed"])
+        self._in_shape = shape
+        x = xp.asarray(x, dtype=self.dtype)
+        z = self.patch_embed.forward(self._patchify(x))  # (B, N, D)
+        if self.pool == "cls":
+            cls = xp.broadcast_to(self.params["cls_token"], (z.shape[0], 1, self.dim))
+            z = xp.concatenate([cls, z], axis=1)  # (B, N + 1, D)
+        z = z + self.params["pos_embed"]
+        tokens, pis, attns = [z], [], []
+        for blk in self.blocks:
+            z = blk.forward(z)
+            tokens.append(z)
+            pis.append(getattr(blk.attn, "last_pi", None))
+            attns.append(getattr(blk.attn, "last_attn", None))
+        self.intermediates = {"tokens": tokens, "pi": pis, "attn": attns}
+        pooled = z[:, 0] if self.pool == "cls" else z.mean(axis=1)  # (B, D)
+        logits = self.head.forward(self.norm.forward(pooled))
+        self._n_tokens = z.shape[1]
+        return (logits, self.intermediates) if return_intermediates else logits
+
+    def backward(self, dlogits):
+        """dlogits: (B, num_classes). Fills every gradient; returns dx in the input's shape."""
+        xp = get_array_module(dlogits)
+        dpooled = self.norm.backward(self.head.backward(dlogits))  # (B, D)
+        B, n = dpooled.shape[0], self._n_tokens
+        if self.pool == "cls":
+            dz = xp.zeros((B, n, self.dim), dtype=dpooled.dtype)
+            dz[:, 0] = dpooled
+        else:
+            dz = xp.broadcast_to(dpooled[:, None, :] / n, (B, n, self.dim))  # (B, N, D)
+        for blk in reversed(self.blocks._items):
+            dz = blk.backward(dz)
+        grads = {"pos_embed": dz.sum(axis=0, keepdims=True)}
+        if self.pool == "cls":
+            grads["cls_token"] = dz[:, :1].sum(axis=0, keepdims=True)
+            dz = dz[:, 1:]
+        self.grads = grads
+        dx = self._unpatchify(self.patch_embed.backward(dz))
+        return dx.reshape(self._in_shape)
+
+
+class ToSTTokenClassifier(Module):
+    r"""Per-token classifier on sets of tokens (no positions: permutation-equivariant).
+
+    x: (B, n, in_dim) real tokens.
+    Z_0 = x W_in + b_in;  Z_l = Block_l(Z_{l-1});  logits = LN(Z_L) W_head + b_head  (B, n, K)
+
+    Used for the subspace-clustering task, where Pi of the TSSA blocks can be compared with the
+    true groups. Children: 'embed' (Linear in_dim -> D), 'blocks.{l}', 'norm', 'head'.
+    ``forward(x, return_intermediates=True)`` and ``self.intermediates`` as in
+    :class:`ToSTClassifier` ("tokens", "pi" (B, H, n) per block, "attn")."""
+
+    def __init__(
+        self, in_dim, num_classes, dim=32, depth=2, num_heads=4, mlp_ratio=4, attention="tssa",
+        layer_scale_init=1.0, dtype="float32", seed=0,
+    ):  # fmt: skip
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.config = dict(
+            model="token_classifier", in_dim=in_dim, num_classes=num_classes, dim=dim,
+            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, attention=attention,
+            layer_scale_init=layer_scale_init, dtype=dtype.name, seed=seed,
+        )  # fmt: skip
+        rng = np.random.default_rng(seed)
+        self.in_dim, self.dim = in_dim, dim
+        self.embed = Linear(in_dim, dim, dtype=dtype, rng=rng)
+        self.blocks = ModuleList(
+            Block(dim, num_heads, attention, False, None, mlp_ratio, layer_scale_init, dtype, rng)
+            for _ in range(depth)
+        )
+        self.norm = LayerNorm(dim, dtype=dtype)
+        self.head = Linear(dim, num_classes, dtype=dtype, rng=rng)
+        self.intermediates = None
+
+    def forward(self, x, return_intermediates=False):
+        """x: (B, n, in_dim). Returns logits (B, n, num_classes)."""
+        _check_tokens(x, self.in_dim)
+        z = self.embed.forward(x)  # (B, n, D)
+        tokens, pis, attns = [z], [], []
+        for blk in self.blocks:
+            z = blk.forward(z)
+            tokens.append(z)
+            pis.append(getattr(blk.attn, "last_pi", None))
+            attns.append(getattr(blk.attn, "last_attn", None))
+        self.intermediates = {"tokens": tokens, "pi": pis, "attn": attns}
+        logits = self.head.forward(self.norm.forward(z))
+        return (logits, self.intermediates) if return_intermediates else logits
+
+    def backward(self, dlogits):
+        """dlogits: (B, n, num_classes). Fills every gradient; returns dx (B, n, in_dim)."""
+        dz = self.norm.backward(self.head.backward(dlogits))
+        for blk in reversed(self.blocks._items):
+            dz = blk.backward(dz)
+        return self.embed.backward(dz)
+
+
+class ToSTLanguageModel(Module):
+    r"""Causal ToST language model in nanoGPT's layout (GPT with ``attention="softmax"``).
+
+    idx: (B, T) integer token ids, T <= block_size.
+    Z_0 = wte[idx] + wpe[0..T-1];  Z_l = Block_l(Z_{l-1});  logits = LN_f(Z_L) wte^T (B, T, V)
+
+    The output head is tied to the token embedding, so ``backward`` adds the head's gradient
+    (dlogits^T LN_f(Z_L)) to the embedding's scatter-add gradient in ``wte.weight``.
+    Children: 'wte', 'wpe' (Embedding), 'blocks.{l}' (``nn.Block`` with CausalTSSA), 'ln_f'.
+    Init as nanoGPT: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer))."""
+
+    def __init__(
+        self, vocab_size, block_size, n_layer=2, n_head=2, n_embd=32, attention="tssa",
+        mlp_ratio=4, layer_scale_init=1.0, dtype="float32", seed=0,
+    ):  # fmt: skip
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.config = dict(
+            model="language_model", vocab_size=vocab_size, block_size=block_size,
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, attention=attention,
+            mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, dtype=dtype.name, seed=seed,
+        )  # fmt: skip
+        rng = np.random.default_rng(seed)
+        self.vocab_size, self.block_size, self.n_embd = vocab_size, block_size, n_embd
+        proj_std = INIT_STD / np.sqrt(2 * n_layer)
+        self.wte = Embedding(vocab_size, n_embd, dtype=dtype, rng=rng)
+        self.wpe = Embedding(block_size, n_embd, dtype=dtype, rng=rng)
+        self.blocks = ModuleList(
+            Block(
+                n_embd,
+                n_head,
+                attention,
+                True,
+                block_size,
+                mlp_ratio,
+                layer_scale_init,
+                dtype,
+                rng,
+                proj_std,
+            )  # fmt: skip
+            for _ in range(n_layer)
+        )
+        self.ln_f = LayerNorm(n_embd, dtype=dtype)
+
+    def forward(self, idx):
+        """idx: (B, T) integer array, T <= block_size. Returns logits (B, T, vocab_size)."""
+        xp = get_array_module(self.wte.params["weight"])
+        idx = xp.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"idx: expected shape (B, T), got {idx.shape}")
+        T = idx.shape[1]
+        if T > self.block_size:
+            raise ValueError(f"idx: sequence length {T} exceeds block_size {self.block_size}")
+        z = self.wte.forward(idx) + self.wpe.forward(xp.arange(T))  # (B, T, D)
+        for blk in self.blocks:
+            z = blk.forward(z)
+        h = self.ln_f.forward(z)  # (B, T, D)
+        self._h = h
+        return h @ self.wte.params["weight"].T  # (B, T, V), tied head
+
+    def backward(self, dlogits):
+        """dlogits: (B, T, vocab_size). Fills every gradient (no input gradient: ids)."""
+        W = self.wte.params["weight"]  # (V, D)
+        V, D = W.shape
+        dW_head = dlogits.reshape(-1, V).T @ self._h.reshape(-1, D)  # (V, D)
+        dz = self.ln_f.backward(dlogits @ W)  # (B, T, D)
+        for blk in reversed(self.blocks._items):
+            dz = blk.backward(dz)
+        self.wpe.backward(dz.sum(axis=0))  # positions are shared across the batch
+        self.wte.backward(dz)
+        self.wte.grads["weight"] = self.wte.grads["weight"] + dW_head
+        return None
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None, seed=None):
+        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T0); returns (B, T0 + new) NumPy ids.
+
+        Each step feeds the last ``block_size`` tokens, divides the last logits by
+        ``temperature``, keeps the ``top_k`` largest (if given) and samples from the softmax
+        with ``rng`` (a ``np.random.Generator``) or ``np.random.default_rng(seed)``."""
+        if temperature <= 0:
+            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        idx = np.array(to_numpy(idx))
+        if idx.ndim != 2:
+            raise ValueError(f"idx: expected shape (B, T), got {idx.shape}")
+        for _ in range(max_new_tokens):
+            logits = to_numpy(self.forward(idx[:, -self.block_size :])[:, -1, :])
+            logits = logits.astype(np.float64) / temperature  # (B, V)
+            if top_k is not None:
+                k = min(top_k, logits.shape[-1])
+                kth = np.sort(logits, axis=-1)[:, -k][:, None]
+                logits = np.where(logits < kth, -np.inf, logits)
+            probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            cdf = np.cumsum(probs, axis=-1)
+            u = rng.random((idx.shape[0], 1)) * cdf[:, -1:]
+            nxt = np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)  # inverse CDF
+            idx = np.concatenate([idx, nxt[:, None].astype(idx.dtype)], axis=1)
+        return idx
+
+
+MODELS = {
+    "classifier": ToSTClassifier,
+    "token_classifier": ToSTTokenClassifier,
+    "language_model": ToSTLanguageModel,
+}
+
+
+def build(config):
+    """Rebuild a model from its ``config`` (``config["model"]`` is 'classifier',
+    'token_classifier' or 'language_model'; the rest are constructor arguments)."""
+    config = dict(config)
+    kind = config.pop("model", None)
+    if kind not in MODELS:
+        raise ValueError(f"config['model']: expected one of {sorted(MODELS)}, got {kind!r}")
+    return MODELS[kind](**config)

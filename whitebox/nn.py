@@ -1,0 +1,950 @@
+r"""Layers with hand-written backward passes: the Token Statistics Transformer and its baseline.
+
+Layout: arrays are (B, n, D) = (batch, tokens, dim), as in PyTorch; multi-head arrays are
+(B, H, n, p) with p = D / H. (The objective functions in ``whitebox.mcr2`` use the paper's
+(d, n) layout instead.)
+
+The contract (CS231n ``layers.py``): every layer is a pair of pure functions
+
+    y, cache = xxx_forward(x, params)          params: dict name -> array
+    dx, grads = xxx_backward(dy, cache)        grads: same keys as params
+
+with the backward right below its forward. A backward never modifies the ``dy`` it receives.
+Thin stateful :class:`Module` objects wrap the pairs: ``forward(x)`` keeps the cache,
+``backward(dy)`` returns dx and stores the parameter gradients in ``module.grads``.
+
+The learned TSSA layer follows the public ToST code (``AttentionTSSA`` and the nanoGPT
+``CausalSelfAttention``) operation for operation, including its two small constants
+:data:`TSSA_NORM_FLOOR` and :data:`MEMBERSHIP_EPS`.
+
+Weight decay (:class:`AdamW`): only the weight matrices of :class:`Linear` and
+:class:`Embedding` layers are decayed (nanoGPT decays embeddings too; the tied LM head is the
+token embedding). Biases, LayerNorm parameters, TSSA temperatures ``temp``, the causal
+``denom_bias``, the layer scales ``gamma1``/``gamma2`` and a classifier's ``pos_embed`` /
+``cls_token`` are not. Each module lists its decayed local names in ``decay``; ask a model with
+``model.no_weight_decay(name)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import erf, get_array_module, to_device, to_numpy
+
+LAYERNORM_EPS = 1e-5
+"""LayerNorm epsilon (PyTorch's default, as in the public ToST code)."""
+
+TSSA_NORM_FLOOR = 1e-12
+"""Floor on each head column's norm over the tokens: w / max(||w_{.,i}||, 1e-12)
+(``F.normalize``'s eps); also the clamp on the causal prefix sums of w^2."""
+
+MEMBERSHIP_EPS = 1e-8
+"""Added to sum_j Pi_hj before normalizing the membership weights (and to cumsum_t Pi)."""
+
+INIT_STD = 0.02
+"""Standard deviation of the normal initialization of weights and embeddings (nanoGPT, ViT)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _erf(x):
+    """The error function, elementwise, in the dtype of ``x`` (see ``backend.erf``)."""
+    return erf(x)
+
+
+def _softmax(z, axis):
+    """Numerically stable softmax along ``axis``."""
+    xp = get_array_module(z)
+    e = xp.exp(z - z.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def _softmax_backward(dy, y, axis):
+    """Gradient through y = softmax(z) along ``axis``: y * (dy - sum(dy * y))."""
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+def _reverse_cumsum(a, axis):
+    """sum_{s >= t} a_s along ``axis`` (the adjoint of ``cumsum``)."""
+    xp = get_array_module(a)
+    return xp.flip(xp.cumsum(xp.flip(a, axis=axis), axis=axis), axis=axis)
+
+
+def _sub(params, prefix):
+    """The entries ``prefix.weight``/``prefix.bias`` of a flat dict as {'weight', 'bias'}."""
+    return {"weight": params[prefix + ".weight"], "bias": params[prefix + ".bias"]}
+
+
+def _prefixed(grads, prefix):
+    """{'weight': a, 'bias': b} -> {'prefix.weight': a, 'prefix.bias': b}."""
+    return {f"{prefix}.{k}": v for k, v in grads.items()}
+
+
+def _check_tokens(x, dim, name="x"):
+    """Validate a (B, n, dim) finite array (ValueError naming the problem)."""
+    if getattr(x, "ndim", None) != 3 or x.shape[-1] != dim:
+        raise ValueError(
+            f"{name}: expected shape (B, n, {dim}), got {getattr(x, 'shape', type(x).__name__)}"
+        )
+    _check_finite(x, name)
+
+
+def _check_finite(x, name="x"):
+    xp = get_array_module(x)
+    if not bool(xp.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or Inf")
+
+
+def _as_dtype(x, dtype):
+    """``x`` in ``dtype`` (no copy when it already is)."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure forward/backward pairs
+# --------------------------------------------------------------------------------------------
+
+
+def linear_forward(x, params):
+    """y = x W + b.
+
+    x: (..., d_in); params: 'weight' (d_in, d_out) (CS231n layout, the transpose of PyTorch's
+    ``nn.Linear.weight``), 'bias' (d_out,). Returns y: (..., d_out)."""
+    W, b = params["weight"], params["bias"]
+    d_in, d_out = W.shape
+    y = x.reshape(-1, d_in) @ W  # (N, d_out): one large matrix product
+    y += b
+    return y.reshape(*x.shape[:-1], d_out), (x, W)
+
+
+def linear_backward(dy, cache):
+    """dx = dy W^T, dW = x^T dy, db = sum dy (over all leading axes)."""
+    x, W = cache
+    d_in, d_out = W.shape
+    x2 = x.reshape(-1, d_in)  # (N, d_in)
+    dy2 = dy.reshape(-1, d_out)  # (N, d_out)
+    grads = {"weight": x2.T @ dy2, "bias": dy2.sum(axis=0)}
+    return (dy2 @ W.T).reshape(x.shape), grads
+
+
+def layernorm_forward(x, params, eps=LAYERNORM_EPS):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance).
+
+    x: (..., D); params: 'weight' (D,), 'bias' (D,)."""
+    xp = get_array_module(x)
+    mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = x - mu
+    var = (xc * xc).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
+    xhat = xc * rstd
+    return xhat * params["weight"] + params["bias"], (xhat, rstd, params["weight"])
+
+
+def layernorm_backward(dy, cache):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight."""
+    xhat, rstd, weight = cache
+    D = xhat.shape[-1]
+    g = dy * weight
+    dx = rstd * (
+        g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)
+    )
+    grads = {
+        "weight": (dy * xhat).reshape(-1, D).sum(axis=0),
+        "bias": dy.reshape(-1, D).sum(axis=0),
+    }
+    return dx, grads
+
+
+def gelu_forward(x, params=None):
+    """Exact GELU (PyTorch's default): y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
+    cdf = 0.5 * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+    return x * cdf, (x, cdf)
+
+
+def gelu_backward(dy, cache):
+    """dy/dx = Phi(x) + x phi(x), phi the standard normal density. No parameters."""
+    xp = get_array_module(dy)
+    x, cdf = cache
+    pdf = xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return dy * (cdf + x * pdf), {}
+
+
+def embedding_forward(idx, params):
+    """y = W[idx]. idx: integer (...); params: 'weight' (num_embeddings, D). Returns (..., D)."""
+    W = params["weight"]
+    return W[idx], (idx, W.shape)
+
+
+def embedding_backward(dy, cache):
+    """dW[v] = sum of dy over the positions where idx == v (scatter-add). No input gradient."""
+    idx, shape = cache
+    xp = get_array_module(dy)
+    dW = xp.zeros(shape, dtype=dy.dtype)
+    xp.add.at(dW, idx.reshape(-1), dy.reshape(-1, shape[1]))
+    return None, {"weight": dW}
+
+
+def cross_entropy(logits, targets, label_smoothing=0.0):
+    r"""Mean cross-entropy over all positions and its gradient.
+
+    logits: (..., C); targets: integer (...) in [0, C). With smoothing eps the target
+    distribution is q = (1 - eps) onehot + eps / C (PyTorch's ``label_smoothing``):
+    loss = mean_positions( logsumexp(z) - sum_c q_c z_c ),  dlogits = (softmax(z) - q) / N.
+    Returns (loss: float, dlogits: (..., C) in the dtype of ``logits``)."""
+    xp = get_array_module(logits)
+    C = logits.shape[-1]
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets: expected shape {logits.shape[:-1]}, got {targets.shape}")
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"targets: expected an integer array, got dtype {targets.dtype}")
+    if targets.size and (int(targets.min()) < 0 or int(targets.max()) >= C):
+        raise ValueError(
+            f"targets: class ids must lie in [0, {C}), got range "
+            f"[{int(targets.min())}, {int(targets.max())}]"
+        )
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
+    z = logits.reshape(-1, C)  # (N, C)
+    t = targets.reshape(-1)  # (N,)
+    N = z.shape[0]
+    shifted = z - z.max(axis=1, keepdims=True)
+    lse = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (N, 1)
+    logp = shifted - lse  # (N, C)
+    rows = xp.arange(N)
+    nll = -logp[rows, t]
+    loss = (1.0 - label_smoothing) * nll.mean()
+    if label_smoothing:
+        loss = loss + label_smoothing * (-logp.mean(axis=1)).mean()
+    dz = xp.exp(logp)
+    if label_smoothing:
+        dz -= label_smoothing / C
+    dz[rows, t] -= 1.0 - label_smoothing
+    dz *= 1.0 / N
+    return float(loss), dz.reshape(logits.shape)
+
+
+# ---- TSSA (eq. 9-10 of the paper; ``AttentionTSSA`` of the public code) ----------------------
+
+
+def tssa_forward(x, params):
+    r"""Token Statistics Self-Attention, as the public ToST code computes it.
+
+    x: (B, n, D). params: 'qkv.weight' (D, D), 'qkv.bias' (D,), 'temp' (H, 1),
+    'proj.weight' (D, D), 'proj.bias' (D,). H = temp.shape[0] heads of size p = D / H.
+
+        w       = x W_qkv + b_qkv, split into heads                       (B, H, n, p)
+        w_hat   = w / max(||w_{.,i}||_2 over tokens, 1e-12)                 (column-normalized)
+        Pi_{hj} = softmax_h( temp_h sum_i w_hat_{hji}^2 )                    (eq. 10)  (B, H, n)
+        s_{hi}  = sum_j Pi_{hj} / (sum_j' Pi_{hj'} + 1e-8) w_{hji}^2         token statistics
+        y_{hji} = -Pi_{hj} w_{hji} / (1 + s_{hi})                            (eq. 9)
+        out     = merge_heads(y) W_out + b_out                               (B, n, D)
+
+    Returns (out, cache); ``cache['pi']`` is Pi (B, H, n)."""
+    xp = get_array_module(x)
+    B, n, D = x.shape
+    H = params["temp"].shape[0]
+    p = D // H
+    w_flat, qkv_cache = linear_forward(x, _sub(params, "qkv"))  # (B, n, D)
+    # one copy into the head-major layout keeps every element-wise pass below contiguous
+    w = xp.ascontiguousarray(w_flat.reshape(B, n, H, p).transpose(0, 2, 1, 3))  # (B, H, n, p)
+    w_sq = w * w
+    col_norm = xp.sqrt(w_sq.sum(axis=2, keepdims=True))  # (B, H, 1, p)
+    denom = xp.maximum(col_norm, TSSA_NORM_FLOOR)
+    inv_denom_sq = 1.0 / (denom * denom)  # (B, H, 1, p)
+    a = (w_sq * inv_denom_sq).sum(axis=-1)  # (B, H, n): sum_i w_hat^2
+    pi = _softmax(params["temp"] * a, axis=1)  # (B, H, n), softmax over heads
+    pi_sum = pi.sum(axis=-1, keepdims=True) + MEMBERSHIP_EPS  # (B, H, 1)
+    pi_bar = pi / pi_sum  # (B, H, n)
+    s = pi_bar[:, :, None, :] @ w_sq  # (B, H, 1, p): the statistics as a matrix product
+    c = 1.0 / (1.0 + s)  # (B, H, 1, p)
+    pi_w = pi[..., None] * w  # (B, H, n, p)
+    y = pi_w * (-c)
+    y_flat = y.transpose(0, 2, 1, 3).reshape(B, n, D)  # (B, n, D)
+    out, proj_cache = linear_forward(y_flat, _sub(params, "proj"))
+    cache = dict(
+        qkv=qkv_cache, proj=proj_cache, w=w, w_sq=w_sq, col_norm=col_norm, denom=denom,
+        inv_denom_sq=inv_denom_sq, a=a, temp=params["temp"], pi=pi, pi_sum=pi_sum,
+        pi_bar=pi_bar, c=c, pi_w=pi_w,
+    )  # fmt: skip
+    return out, cache
+
+
+def tssa_backward(dout, cache):
+    """Backward of :func:`tssa_forward`. dout: (B, n, D). Returns (dx, grads)."""
+    xp = get_array_module(dout)
+    w, w_sq, c, pi, pi_w = cache["w"], cache["w_sq"], cache["c"], cache["pi"], cache["pi_w"]
+    B, H, n, p = w.shape
+    dy_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D)
+    dy = xp.ascontiguousarray(dy_flat.reshape(B, n, H, p).transpose(0, 2, 1, 3))  # (B, H, n, p)
+    # First the gradients of the small factors (per token, per coordinate), then dw at once.
+    # y = -Pi w c
+    dy_c = dy * c  # (B, H, n, p)
+    dpi = -(w * dy_c).sum(axis=-1)  # (B, H, n)
+    dc = -(pi_w * dy).sum(axis=2, keepdims=True)  # (B, H, 1, p)
+    ds = -(c * c) * dc  # c = 1 / (1 + s)
+    # s = pi_bar^T w^2  (sum over tokens)
+    dpi_bar = (w_sq @ ds.transpose(0, 1, 3, 2))[..., 0]  # (B, H, n)
+    # pi_bar = Pi / (sum_j Pi + eps)
+    pi_sum = cache["pi_sum"]
+    dpi += dpi_bar / pi_sum - (dpi_bar * pi).sum(axis=-1, keepdims=True) / (pi_sum * pi_sum)
+    # Pi = softmax over heads of temp * a
+    dz = _softmax_backward(dpi, pi, axis=1)  # (B, H, n)
+    dtemp = (dz * cache["a"]).sum(axis=(0, 2))[:, None]  # (H, 1)
+    da = dz * cache["temp"]  # (B, H, n)
+    # a_j = sum_i w_ji^2 / denom_i^2, denom_i = max(||w_{.,i}||, floor)
+    inv_d2, denom = cache["inv_denom_sq"], cache["denom"]
+    ddenom = -2.0 * (da[:, :, None, :] @ w_sq) * inv_d2 / denom  # (B, H, 1, p)
+    # the clamp passes the gradient only where norm >= floor (torch.clamp_min); there norm > 0
+    dnorm = ddenom * (cache["col_norm"] >= TSSA_NORM_FLOOR) / denom  # d||w_i|| / dw = w / ||w_i||
+    # dw: the direct path -Pi c dY, plus w times one outer product per other path (through s,
+    # through a, through the column norm):
+    #   dw = -Pi c dY + w * (2 Pi_bar ds + 2 da / denom^2 + dnorm)
+    dw = cache["pi_bar"][..., None] * (2.0 * ds)  # (B, H, n, p)
+    dw += (2.0 * da)[..., None] * inv_d2
+    dw += dnorm
+    dw *= w
+    dw -= pi[..., None] * dy_c
+    dw_flat = dw.transpose(0, 2, 1, 3).reshape(B, n, H * p)  # (B, n, D)
+    dx, g_qkv = linear_backward(dw_flat, cache["qkv"])
+    grads = {**_prefixed(g_qkv, "qkv"), "temp": dtemp, **_prefixed(g_proj, "proj")}
+    return dx, grads
+
+
+# ---- Causal TSSA (nanoGPT ``CausalSelfAttention`` of the public code) -------------------------
+
+
+def causal_tssa_forward(x, params):
+    r"""Causal TSSA: the statistics at token t see tokens 1..t only (prefix sums, no T x T array).
+
+    x: (B, T, D), T <= block_size. params: 'qkv.weight' (D, D), 'qkv.bias' (D,), 'temp' (H, 1),
+    'denom_bias' (H, block_size, 1), 'proj.weight' (D, D), 'proj.bias' (D,).
+
+        w          = x W_qkv + b_qkv, split into heads                     (B, H, T, p)
+        r_{hti}    = max(sum_{u<=t} w_{hui}^2, 1e-12)
+        score_{ht} = temp_h sum_i (w_{hti}^2 / r_{hti} + beta_{ht})        beta = denom_bias[:, :T]
+        Pi_{ht}    = softmax_h(score_{ht})                                  (B, H, T)
+        s_{hti}    = sum_{u<=t} Pi_{hu} w_{hui}^2 / (sum_{u<=t} Pi_{hu} + 1e-8)
+        y_{hti}    = -Pi_{ht} w_{hti} / (1 + s_{hti});  out = merge(y) W_out + b_out
+
+    Returns (out, cache); ``cache['pi']`` is Pi (B, H, T)."""
+    xp = get_array_module(x)
+    B, T, D = x.shape
+    H = params["temp"].shape[0]
+    p = D // H
+    w_flat, qkv_cache = linear_forward(x, _sub(params, "qkv"))  # (B, T, D)
+    w = w_flat.reshape(B, T, H, p).transpose(0, 2, 1, 3)  # (B, H, T, p)
+    w_sq = w * w
+    r_raw = xp.cumsum(w_sq, axis=2)  # (B, H, T, p)
+    r = xp.maximum(r_raw, TSSA_NORM_FLOOR)
+    q = w_sq / r  # (B, H, T, p)
+    beta = params["denom_bias"][:, :T, 0]  # (H, T)
+    a = q.sum(axis=-1) + p * beta  # (B, H, T): beta enters once per coordinate i
+    pi = _softmax(params["temp"] * a, axis=1)  # (B, H, T)
+    num = xp.cumsum(pi[..., None] * w_sq, axis=2)  # (B, H, T, p)
+    den = xp.cumsum(pi, axis=2) + MEMBERSHIP_EPS  # (B, H, T)
+    s = num / den[..., None]
+    c = 1.0 / (1.0 + s)
+    pi_w = pi[..., None] * w
+    y = -(pi_w * c)
+    y_flat = y.transpose(0, 2, 1, 3).reshape(B, T, D)  # (B, T, D)
+    out, proj_cache = linear_forward(y_flat, _sub(params, "proj"))
+    cache = dict(
+        qkv=qkv_cache, proj=proj_cache, w=w, w_sq=w_sq, r_raw=r_raw, r=r, q=q, a=a,
+        temp=params["temp"], block_size=params["denom_bias"].shape[1], pi=pi, den=den, s=s,
+        c=c, pi_w=pi_w,
+    )  # fmt: skip
+    return out, cache
+
+
+def causal_tssa_backward(dout, cache):
+    """Backward of :func:`causal_tssa_forward`. dout: (B, T, D). Returns (dx, grads)."""
+    xp = get_array_module(dout)
+    w, w_sq, c, pi, pi_w = cache["w"], cache["w_sq"], cache["c"], cache["pi"], cache["pi_w"]
+    B, H, T, p = w.shape
+    dy_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, T, D)
+    dy = dy_flat.reshape(B, T, H, p).transpose(0, 2, 1, 3)  # (B, H, T, p)
+    # y = -Pi w c
+    dy_c = dy * c
+    dw = -(pi[..., None] * dy_c)
+    dpi = -(w * dy_c).sum(axis=-1)  # (B, H, T)
+    ds = (c * c) * (pi_w * dy)  # dc = -Pi w dy and ds = -c^2 dc
+    # s = num / den
+    den = cache["den"]
+    dnum = ds / den[..., None]
+    dden = -(dnum * cache["s"]).sum(axis=-1)  # (B, H, T)
+    # num = cumsum(Pi w^2), den = cumsum(Pi) + eps
+    g_num = _reverse_cumsum(dnum, axis=2)  # (B, H, T, p)
+    dpi += (g_num * w_sq).sum(axis=-1) + _reverse_cumsum(dden, axis=2)
+    dw_sq = g_num * pi[..., None]
+    # Pi = softmax over heads of temp * a
+    dz = _softmax_backward(dpi, pi, axis=1)  # (B, H, T)
+    dtemp = (dz * cache["a"]).sum(axis=(0, 2))[:, None]  # (H, 1)
+    da = dz * cache["temp"]  # (B, H, T)
+    ddenom_bias = xp.zeros((H, cache["block_size"], 1), dtype=dout.dtype)
+    ddenom_bias[:, :T, 0] = p * da.sum(axis=0)
+    # a = sum_i w^2 / r,  r = max(cumsum(w^2), floor)
+    r = cache["r"]
+    da_e = da[..., None]  # (B, H, T, 1)
+    dw_sq += da_e / r
+    dr = -(da_e * cache["q"]) / r
+    dr *= cache["r_raw"] >= TSSA_NORM_FLOOR  # the clamp's gradient (torch.clamp_min)
+    dw_sq += _reverse_cumsum(dr, axis=2)
+    dw += 2.0 * dw_sq * w
+    dw_flat = dw.transpose(0, 2, 1, 3).reshape(B, T, H * p)  # (B, T, D)
+    dx, g_qkv = linear_backward(dw_flat, cache["qkv"])
+    grads = {
+        **_prefixed(g_qkv, "qkv"),
+        "temp": dtemp,
+        "denom_bias": ddenom_bias,
+        **_prefixed(g_proj, "proj"),
+    }
+    return dx, grads
+
+
+# ---- Multi-head softmax self-attention (the baseline ToST replaces) ---------------------------
+
+
+def softmax_attention_forward(x, params, num_heads, causal=False):
+    r"""Standard multi-head self-attention (ViT / GPT).
+
+    x: (B, n, D). params: 'qkv.weight' (D, 3D), 'qkv.bias' (3D,), 'proj.weight' (D, D),
+    'proj.bias' (D,).  q, k, v = split(x W_qkv + b_qkv), each (B, H, n, p);
+    A = softmax(q k^T / sqrt(p)) over keys (keys after the query masked when ``causal``);
+    out = merge(A v) W_out + b_out. Returns (out, cache); ``cache['attn']`` is A (B, H, n, n)."""
+    xp = get_array_module(x)
+    B, n, D = x.shape
+    H = num_heads
+    p = D // H
+    qkv, qkv_cache = linear_forward(x, _sub(params, "qkv"))  # (B, n, 3D)
+    qkv = qkv.reshape(B, n, 3, H, p).transpose(2, 0, 3, 1, 4)  # (3, B, H, n, p)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    scale = 1.0 / math.sqrt(p)
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, n, n)
+    if causal:
+        future = xp.arange(n)[None, :] > xp.arange(n)[:, None]  # (n, n): key after query
+        scores = xp.where(future, -xp.inf, scores)
+    attn = _softmax(scores, axis=-1)
+    o = attn @ v  # (B, H, n, p)
+    o_flat = o.transpose(0, 2, 1, 3).reshape(B, n, D)  # (B, n, D)
+    out, proj_cache = linear_forward(o_flat, _sub(params, "proj"))
+    return out, dict(qkv=qkv_cache, proj=proj_cache, q=q, k=k, v=v, attn=attn, scale=scale)
+
+
+def softmax_attention_backward(dout, cache):
+    """Backward of :func:`softmax_attention_forward`. dout: (B, n, D). Returns (dx, grads)."""
+    xp = get_array_module(dout)
+    q, k, v, attn, scale = cache["q"], cache["k"], cache["v"], cache["attn"], cache["scale"]
+    B, H, n, p = q.shape
+    do_flat, g_proj = linear_backward(dout, cache["proj"])
+    do = do_flat.reshape(B, n, H, p).transpose(0, 2, 1, 3)  # (B, H, n, p)
+    dattn = do @ v.transpose(0, 1, 3, 2)  # (B, H, n, n)
+    dv = attn.transpose(0, 1, 3, 2) @ do
+    dscores = _softmax_backward(dattn, attn, axis=-1) * scale  # masked entries: attn = 0
+    dq = dscores @ k
+    dk = dscores.transpose(0, 1, 3, 2) @ q
+    dqkv = xp.stack([dq, dk, dv])  # (3, B, H, n, p)
+    dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, n, 3 * H * p)  # (B, n, 3D)
+    dx, g_qkv = linear_backward(dqkv, cache["qkv"])
+    return dx, {**_prefixed(g_qkv, "qkv"), **_prefixed(g_proj, "proj")}
+
+
+# --------------------------------------------------------------------------------------------
+# Stateful modules
+# --------------------------------------------------------------------------------------------
+
+
+def _normal(rng, shape, std, dtype):
+    return (rng.standard_normal(shape) * std).astype(dtype)
+
+
+class Module:
+    """Base class: ``params``/``grads`` dicts plus child modules registered as attributes.
+
+    ``parameters()`` maps dotted names (``blocks.0.attn.qkv.weight``) to the live arrays;
+    ``gradients()`` maps the same names to the gradients filled by ``backward``.
+    Subclasses set ``decay``: the local parameter names that get weight decay."""
+
+    decay: tuple[str, ...] = ()
+
+    def __init__(self):
+        object.__setattr__(self, "_children", {})
+        self.params = {}
+        self.grads = {}
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Module):
+            self._children[name] = value
+        object.__setattr__(self, name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def named_modules(self, prefix=""):
+        """Yield (dotted prefix, module) for this module and all descendants, in order."""
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child.named_modules(f"{prefix}{name}.")
+
+    def parameters(self):
+        """Ordered dict: dotted name -> the live parameter array."""
+        return {p + k: v for p, m in self.named_modules() for k, v in m.params.items()}
+
+    def gradients(self):
+        """Ordered dict with the keys of ``parameters()`` -> gradient (zeros before backward)."""
+        out = {}
+        for p, m in self.named_modules():
+            for k, v in m.params.items():
+                if k not in m.grads:
+                    m.grads[k] = get_array_module(v).zeros_like(v)
+                out[p + k] = m.grads[k]
+        return out
+
+    def no_weight_decay(self, name):
+        """True when the parameter ``name`` (dotted, as in ``parameters()``) is not decayed."""
+        for p, m in self.named_modules():
+            if name.startswith(p) and name[len(p) :] in m.params:
+                return name[len(p) :] not in m.decay
+        raise KeyError(f"no parameter named {name!r}")
+
+    def zero_grad(self):
+        for _, m in self.named_modules():
+            m.grads = {k: get_array_module(v).zeros_like(v) for k, v in m.params.items()}
+
+    def state_dict(self):
+        """Dotted name -> NumPy copy of the parameter."""
+        return {k: np.array(to_numpy(v)) for k, v in self.parameters().items()}
+
+    def load_state_dict(self, state):
+        """Copy ``state`` (dotted name -> array) into the parameters in place.
+
+        Raises ValueError on missing or unexpected names and on shape mismatches."""
+        params = self.parameters()
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in state if k not in params]
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected {unexpected}")
+        for k, p in params.items():
+            v = np.asarray(to_numpy(state[k]))
+            if v.shape != p.shape:
+                raise ValueError(f"load_state_dict: {k} expected shape {p.shape}, got {v.shape}")
+            p[...] = get_array_module(p).asarray(v, dtype=p.dtype)
+        return self
+
+    def to(self, device):
+        """Move every parameter and gradient to 'cpu' or 'gpu' (replacing the dict entries)."""
+        for _, m in self.named_modules():
+            m.params = {k: to_device(v, device) for k, v in m.params.items()}
+            m.grads = {k: to_device(v, device) for k, v in m.grads.items()}
+        return self
+
+    @property
+    def dtype(self):
+        return next(iter(self.parameters().values())).dtype
+
+    def num_parameters(self):
+        return int(sum(v.size for v in self.parameters().values()))
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+
+class ModuleList(Module):
+    """An indexable list of modules, registered as children '0', '1', ..."""
+
+    def __init__(self, modules):
+        super().__init__()
+        self._items = list(modules)
+        for i, m in enumerate(self._items):
+            self._children[str(i)] = m
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+    def __len__(self):
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self._items)
+
+
+def _rng(rng):
+    return rng if rng is not None else np.random.default_rng(0)
+
+
+class Linear(Module):
+    """y = x W + b. Params: 'weight' (d_in, d_out), 'bias' (d_out,)."""
+
+    decay = ("weight",)
+
+    def __init__(self, d_in, d_out, dtype=np.float32, rng=None, init_std=INIT_STD):
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.params = {
+            "weight": _normal(_rng(rng), (d_in, d_out), init_std, dtype),
+            "bias": np.zeros(d_out, dtype=dtype),
+        }
+
+    def forward(self, x):
+        d_in = self.params["weight"].shape[0]
+        if x.shape[-1] != d_in:
+            raise ValueError(f"x: expected last dimension {d_in}, got shape {x.shape}")
+        y, self._cache = linear_forward(_as_dtype(x, self.dtype), self.params)
+        return y
+
+    def backward(self, dy):
+        dx, self.grads = linear_backward(dy, self._cache)
+        return dx
+
+
+class LayerNorm(Module):
+    """LayerNorm over the last axis, eps = LAYERNORM_EPS. Params: 'weight' (D,), 'bias' (D,)."""
+
+    def __init__(self, dim, dtype=np.float32, eps=LAYERNORM_EPS):
+        super().__init__()
+        dtype = np.dtype(dtype)
+        self.eps = eps
+        self.params = {"weight": np.ones(dim, dtype=dtype), "bias": np.zeros(dim, dtype=dtype)}
+
+    def forward(self, x):
+        D = self.params["weight"].shape[0]
+        if x.shape[-1] != D:
+            raise ValueError(f"x: expected last dimension {D}, got shape {x.shape}")
+        y, self._cache = layernorm_forward(_as_dtype(x, self.dtype), self.params, self.eps)
+        return y
+
+    def backward(self, dy):
+        dx, self.grads = layernorm_backward(dy, self._cache)
+        return dx
+
+
+class GELU(Module):
+    """Exact (erf) GELU. No parameters."""
+
+    def forward(self, x):
+        y, self._cache = gelu_forward(x)
+        return y
+
+    def backward(self, dy):
+        return gelu_backward(dy, self._cache)[0]
+
+
+class MLP(Module):
+    """dim -> hidden_ratio * dim -> dim with GELU (nanoGPT names ``c_fc``, ``c_proj``)."""
+
+    def __init__(self, dim, hidden_ratio=4, dtype=np.float32, rng=None, proj_std=INIT_STD):
+        super().__init__()
+        rng = _rng(rng)
+        self.c_fc = Linear(dim, hidden_ratio * dim, dtype=dtype, rng=rng)
+        self.act = GELU()
+        self.c_proj = Linear(hidden_ratio * dim, dim, dtype=dtype, rng=rng, init_std=proj_std)
+
+    def forward(self, x):
+        return self.c_proj.forward(self.act.forward(self.c_fc.forward(x)))
+
+    def backward(self, dy):
+        return self.c_fc.backward(self.act.backward(self.c_proj.backward(dy)))
+
+
+class Embedding(Module):
+    """Lookup table. Params: 'weight' (num_embeddings, dim). forward(idx) -> (..., dim)."""
+
+    decay = ("weight",)
+
+    def __init__(self, num_embeddings, dim, dtype=np.float32, rng=None, init_std=INIT_STD):
+        super().__init__()
+        self.params = {
+            "weight": _normal(_rng(rng), (num_embeddings, dim), init_std, np.dtype(dtype))
+        }
+
+    def forward(self, idx):
+        V = self.params["weight"].shape[0]
+        xp = get_array_module(self.params["weight"])
+        idx = xp.asarray(idx)
+        if idx.dtype.kind not in "iu":
+            raise ValueError(f"idx: expected integer token ids, got dtype {idx.dtype}")
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
+            raise ValueError(
+                f"idx: token ids must lie in [0, {V}), got range [{int(idx.min())}, {int(idx.max())}]"
+            )
+        y, self._cache = embedding_forward(idx, self.params)
+        return y
+
+    def backward(self, dy):
+        _, self.grads = embedding_backward(dy, self._cache)
+        return None
+
+
+def _check_heads(dim, num_heads):
+    if num_heads < 1 or dim % num_heads:
+        raise ValueError(f"num_heads: dim={dim} must be divisible by num_heads={num_heads}")
+
+
+class TSSA(Module):
+    """Token Statistics Self-Attention (see :func:`tssa_forward`).
+
+    Params: 'qkv.weight' (D, D), 'qkv.bias' (D,), 'temp' (H, 1) initialised to 1,
+    'proj.weight' (D, D), 'proj.bias' (D,). After ``forward``, ``last_pi`` is Pi (B, H, n)."""
+
+    decay = ("qkv.weight", "proj.weight")
+
+    def __init__(self, dim, num_heads, dtype=np.float32, rng=None, proj_std=INIT_STD):
+        super().__init__()
+        _check_heads(dim, num_heads)
+        rng, dtype = _rng(rng), np.dtype(dtype)
+        self.dim, self.num_heads = dim, num_heads
+        self.params = {
+            "qkv.weight": _normal(rng, (dim, dim), INIT_STD, dtype),
+            "qkv.bias": np.zeros(dim, dtype=dtype),
+            "temp": np.ones((num_heads, 1), dtype=dtype),
+            "proj.weight": _normal(rng, (dim, dim), proj_std, dtype),
+            "proj.bias": np.zeros(dim, dtype=dtype),
+        }
+        self.last_pi = None
+
+    def forward(self, x):
+        _check_tokens(x, self.dim)
+        out, self._cache = tssa_forward(_as_dtype(x, self.dtype), self.params)
+        self.last_pi = self._cache["pi"]
+        return out
+
+    def backward(self, dy):
+        dx, self.grads = tssa_backward(dy, self._cache)
+        return dx
+
+
+class CausalTSSA(Module):
+    """Causal TSSA for language models (see :func:`causal_tssa_forward`).
+
+    Params: 'qkv.weight' (D, D), 'qkv.bias' (D,), 'temp' (H, 1) = 1,
+    'denom_bias' (H, block_size, 1) = 0, 'proj.weight' (D, D), 'proj.bias' (D,).
+    After ``forward``, ``last_pi`` is Pi (B, H, T)."""
+
+    decay = ("qkv.weight", "proj.weight")
+
+    def __init__(self, dim, num_heads, block_size, dtype=np.float32, rng=None, proj_std=INIT_STD):
+        super().__init__()
+        _check_heads(dim, num_heads)
+        rng, dtype = _rng(rng), np.dtype(dtype)
+        self.dim, self.num_heads, self.block_size = dim, num_heads, block_size
+        self.params = {
+            "qkv.weight": _normal(rng, (dim, dim), INIT_STD, dtype),
+            "qkv.bias": np.zeros(dim, dtype=dtype),
+            "temp": np.ones((num_heads, 1), dtype=dtype),
+            "denom_bias": np.zeros((num_heads, block_size, 1), dtype=dtype),
+            "proj.weight": _normal(rng, (dim, dim), proj_std, dtype),
+            "proj.bias": np.zeros(dim, dtype=dtype),
+        }
+        self.last_pi = None
+
+    def forward(self, x):
+        _check_tokens(x, self.dim)
+        if x.shape[1] > self.block_size:
+            raise ValueError(
+                f"x: sequence length {x.shape[1]} exceeds block_size {self.block_size}"
+            )
+        out, self._cache = causal_tssa_forward(_as_dtype(x, self.dtype), self.params)
+        self.last_pi = self._cache["pi"]
+        return out
+
+    def backward(self, dy):
+        dx, self.grads = causal_tssa_backward(dy, self._cache)
+        return dx
+
+
+class SoftmaxAttention(Module):
+    """Multi-head softmax self-attention (see :func:`softmax_attention_forward`).
+
+    Params: 'qkv.weight' (D, 3D), 'qkv.bias' (3D,), 'proj.weight' (D, D), 'proj.bias' (D,).
+    After ``forward``, ``last_attn`` is A (B, H, n, n)."""
+
+    decay = ("qkv.weight", "proj.weight")
+
+    def __init__(
+        self, dim, num_heads, causal=False, block_size=None, dtype=np.float32, rng=None,
+        proj_std=INIT_STD,
+    ):  # fmt: skip
+        super().__init__()
+        _check_heads(dim, num_heads)
+        rng, dtype = _rng(rng), np.dtype(dtype)
+        self.dim, self.num_heads, self.causal, self.block_size = dim, num_heads, causal, block_size
+        self.params = {
+            "qkv.weight": _normal(rng, (dim, 3 * dim), INIT_STD, dtype),
+            "qkv.bias": np.zeros(3 * dim, dtype=dtype),
+            "proj.weight": _normal(rng, (dim, dim), proj_std, dtype),
+            "proj.bias": np.zeros(dim, dtype=dtype),
+        }
+        self.last_attn = None
+
+    def forward(self, x):
+        _check_tokens(x, self.dim)
+        if self.block_size is not None and x.shape[1] > self.block_size:
+            raise ValueError(
+                f"x: sequence length {x.shape[1]} exceeds block_size {self.block_size}"
+            )
+        out, self._cache = softmax_attention_forward(
+            _as_dtype(x, self.dtype), self.params, self.num_heads, self.causal
+        )
+        self.last_attn = self._cache["attn"]
+        return out
+
+    def backward(self, dy):
+        dx, self.grads = softmax_attention_backward(dy, self._cache)
+        return dx
+
+
+ATTENTIONS = ("tssa", "softmax")
+
+
+class Block(Module):
+    r"""Pre-norm residual block with layer scales:
+
+        x <- x + gamma1 * attn(LN_1(x)),   x <- x + gamma2 * MLP(LN_2(x)).
+
+    Children: 'ln_1', 'attn' (TSSA / CausalTSSA / SoftmaxAttention), 'ln_2', 'mlp';
+    params: 'gamma1', 'gamma2' (D,) initialised to ``layer_scale_init``.
+    ``attention`` is 'tssa' or 'softmax'; ``causal=True`` needs ``block_size``."""
+
+    def __init__(
+        self, dim, num_heads, attention="tssa", causal=False, block_size=None, mlp_ratio=4,
+        layer_scale_init=1.0, dtype=np.float32, rng=None, proj_std=INIT_STD,
+    ):  # fmt: skip
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention: expected one of {ATTENTIONS}, got {attention!r}")
+        if causal and block_size is None:
+            raise ValueError("block_size: required when causal=True")
+        rng, dtype = _rng(rng), np.dtype(dtype)
+        self.dim = dim
+        self.ln_1 = LayerNorm(dim, dtype=dtype)
+        if attention == "tssa" and causal:
+            self.attn = CausalTSSA(dim, num_heads, block_size, dtype, rng, proj_std)
+        elif attention == "tssa":
+            self.attn = TSSA(dim, num_heads, dtype, rng, proj_std)
+        else:
+            self.attn = SoftmaxAttention(dim, num_heads, causal, block_size, dtype, rng, proj_std)
+        self.ln_2 = LayerNorm(dim, dtype=dtype)
+        self.mlp = MLP(dim, mlp_ratio, dtype=dtype, rng=rng, proj_std=proj_std)
+        self.params = {
+            "gamma1": np.full(dim, layer_scale_init, dtype=dtype),
+            "gamma2": np.full(dim, layer_scale_init, dtype=dtype),
+        }
+
+    def forward(self, x):
+        _check_tokens(x, self.dim)
+        g1, g2 = self.params["gamma1"], self.params["gamma2"]
+        a = self.attn.forward(self.ln_1.forward(x))  # (B, n, D)
+        x1 = x + g1 * a
+        m = self.mlp.forward(self.ln_2.forward(x1))
+        self._cache = (a, m)
+        return x1 + g2 * m
+
+    def backward(self, dy):
+        a, m = self._cache
+        g1, g2 = self.params["gamma1"], self.params["gamma2"]
+        D = self.dim
+        dgamma2 = (dy * m).reshape(-1, D).sum(axis=0)
+        dx1 = dy + self.ln_2.backward(self.mlp.backward(dy * g2))
+        dgamma1 = (dx1 * a).reshape(-1, D).sum(axis=0)
+        dx = dx1 + self.ln_1.backward(self.attn.backward(dx1 * g1))
+        self.grads = {"gamma1": dgamma1, "gamma2": dgamma2}
+        return dx
+
+
+# --------------------------------------------------------------------------------------------
+# Optimization
+# --------------------------------------------------------------------------------------------
+
+
+class AdamW:
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter; PyTorch's ``AdamW``).
+
+    For each parameter theta with gradient g (step t = 1, 2, ...):
+        theta <- theta (1 - lr wd)                  only where ``module.no_weight_decay`` is False
+        m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2
+        theta <- theta - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+    Parameters are updated in place (the arrays in ``module.parameters()`` keep their identity).
+    Create the optimizer after ``module.to(device)``."""
+
+    def __init__(self, module, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05):
+        self.module = module
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.t = 0
+        params = module.parameters()
+        self.decayed = {k: not module.no_weight_decay(k) for k in params}
+        self.exp_avg = {k: get_array_module(v).zeros_like(v) for k, v in params.items()}
+        self.exp_avg_sq = {k: get_array_module(v).zeros_like(v) for k, v in params.items()}
+
+    def step(self, lr=None):
+        lr = self.lr if lr is None else lr
+        b1, b2 = self.betas
+        self.t += 1
+        bc1 = 1.0 - b1**self.t
+        bc2_sqrt = math.sqrt(1.0 - b2**self.t)
+        grads = self.module.gradients()
+        for k, p in self.module.parameters().items():
+            xp = get_array_module(p)
+            g = grads[k]
+            m, v = self.exp_avg[k], self.exp_avg_sq[k]
+            if self.decayed[k] and self.weight_decay:
+                p *= 1.0 - lr * self.weight_decay
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            p -= (lr / bc1) * m / (xp.sqrt(v) / bc2_sqrt + self.eps)
+
+    def state_dict(self):
+        """Flat dict of NumPy arrays: 'step', 'exp_avg.<name>', 'exp_avg_sq.<name>'."""
+        out = {"step": np.array(self.t)}
+        for k in self.exp_avg:
+            out["exp_avg." + k] = np.array(to_numpy(self.exp_avg[k]))
+            out["exp_avg_sq." + k] = np.array(to_numpy(self.exp_avg_sq[k]))
+        return out
+
+    def load_state_dict(self, state):
+        expected = {"step"} | {f"{s}.{k}" for k in self.exp_avg for s in ("exp_avg", "exp_avg_sq")}
+        if set(state) != expected:
+            raise ValueError(
+                f"AdamW.load_state_dict: missing {sorted(expected - set(state))}, "
+                f"unexpected {sorted(set(state) - expected)}"
+            )
+        self.t = int(state["step"])
+        for d, s in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
+            for k, a in d.items():
+                v = np.asarray(to_numpy(state[f"{s}.{k}"]))
+                if v.shape != a.shape:
+                    raise ValueError(f"AdamW.load_state_dict: {s}.{k} expected {a.shape}")
+                a[...] = get_array_module(a).asarray(v, dtype=a.dtype)
+
+
+def cosine_lr(step, total_steps, warmup_steps, lr_max, lr_min=0.0):
+    """Linear warm-up to ``lr_max`` over ``warmup_steps`` (lr_max (step + 1) / warmup_steps),
+    then cosine decay to ``lr_min`` at ``total_steps``; ``lr_min`` afterwards."""
+    if step < warmup_steps:
+        return lr_max * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return lr_min
+    ratio = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr_max - lr_min)
+
+
+def clip_grad_norm(module, max_norm):
+    """Scale all gradients in place so their global L2 norm is at most ``max_norm``
+    (coefficient max_norm / (norm + 1e-6), as ``torch.nn.utils.clip_grad_norm_``).
+    Returns the norm before clipping."""
+    grads = list(module.gradients().values())
+    total = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g *= coef
+    return total
