@@ -314,3 +314,13 @@ def build(config):
     if kind not in MODELS:
         raise ValueError(f"config['model']: expected one of {sorted(MODELS)}, got {kind!r}")
     return MODELS[kind](**config)
+
+
+def load(path, device="cpu"):
+    """The trained model stored in the checkpoint ``path`` (written by ``whitebox.train``),
+    ready for notebooks: ``model = whitebox.models.load("runs/digits-tssa/model.npz")``.
+
+    Raises ``ValueError`` for a missing, truncated or foreign file."""
+    from .checkpoint import load_model
+
+    return load_model(path, device)
