@@ -1,0 +1,422 @@
+"""The exercises: every worked solution passes its checker, the untouched learner copies run
+top to bottom and report "not implemented yet" without a traceback, planted mistakes are named
+by the checker, and the learner copies are up to date with their instructor sources."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+import whitebox as wb
+from whitebox import exercise_checks as ec
+
+ROOT = Path(__file__).resolve().parent.parent
+EXERCISES = ROOT / "exercises"
+SOLUTIONS = EXERCISES / "solutions"
+
+NAMES = [
+    "01_coding_rate.ipynb",
+    "02_variational_compression.ipynb",
+    "03_gradient.ipynb",
+    "04_tssa_step_membership.ipynb",
+    "05_tssa_forward.ipynb",
+    "06_tssa_backward.ipynb",
+    "07_causal_tssa.ipynb",
+    "08_complexity.ipynb",
+]
+PRESENT = [n for n in NAMES if (SOLUTIONS / n).exists()]
+
+
+def _load_build_module():
+    spec = importlib.util.spec_from_file_location(
+        "build_exercises", ROOT / "scripts/build_exercises.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build_module()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+_DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
+
+
+def _is_definition_cell(source: str) -> bool:
+    """A cell that only imports and defines (the exercise's functions and the given helpers)."""
+    body = ast.parse(source).body
+    return bool(body) and all(isinstance(node, _DEFINITIONS) for node in body)
+
+
+def _checker_statements(nb) -> list[tuple[str, str, str]]:
+    """(result name, checker name, statement source) for every `x = check_...(...)` cell."""
+    out = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.parse(cell.source).body:
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name)
+                and node.value.func.id.startswith("check_")
+            ):
+                out.append((node.targets[0].id, node.value.func.id, ast.unparse(node)))
+    return out
+
+
+def _namespace(nb, mutations=()) -> dict:
+    """Execute the definition cells of ``nb``, after textual ``mutations`` (old, new), each of
+    which must match exactly once."""
+    ns: dict = {"__name__": "__exercise__"}
+    hits = {old: 0 for old, _ in mutations}
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not _is_definition_cell(cell.source):
+            continue
+        source = cell.source
+        for old, new in mutations:
+            hits[old] += source.count(old)
+            source = source.replace(old, new)
+        exec(compile(source, "<exercise>", "exec"), ns)
+    for old, n in hits.items():
+        assert n == 1, f"the planted mutation {old!r} matched {n} times, not once"
+    return ns
+
+
+def _run_checker(ns, statement):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        exec(statement, ns)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- the set
+
+
+def test_every_exercise_has_a_solution_and_a_learner_copy():
+    assert [p.name for p in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))] == NAMES
+    assert [p.name for p in sorted(EXERCISES.glob("[0-9][0-9]_*.ipynb"))] == NAMES
+
+
+def test_learner_copies_are_up_to_date():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/build_exercises.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ----------------------------------------------------------------------------- solutions
+
+
+@pytest.mark.parametrize("name", PRESENT)
+def test_solution_passes_its_checkers(name):
+    nb = nbformat.read(SOLUTIONS / name, as_version=4)
+    statements = _checker_statements(nb)
+    assert statements, f"{name} calls no checker"
+    ns = _namespace(nb)
+    for result_name, checker, statement in statements:
+        text = _run_checker(ns, statement)
+        result = ns[result_name]
+        assert result, f"{name}: {checker} failed:\n{text}"
+        assert "✓" in text and "✗" not in text, text
+
+
+# ----------------------------------------------------------------------------- learner copies
+
+
+@pytest.mark.parametrize("name", PRESENT)
+def test_learner_copy_runs_clean_and_reports_not_implemented(name):
+    from nbclient import NotebookClient
+
+    path = EXERCISES / name
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(EXERCISES)}}
+    ).execute()  # raises CellExecutionError on any error output
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out.output_type != "error", out
+            if out.output_type == "stream" and out.name == "stderr":
+                # harmless notices may appear (matplotlib's first font-cache build); errors not
+                assert "Error" not in out.text and "Traceback" not in out.text, out.text
+            texts.append(out.get("text", ""))
+    text = "\n".join(texts)
+    assert "Traceback" not in text
+    n_checks = len(_checker_statements(nb))
+    assert text.count("not implemented yet") == n_checks, text
+
+
+# ----------------------------------------------------------------------------- planted mistakes
+
+# (notebook, [(text in the worked solution, planted replacement), ...], checker, the slip to name)
+PLANTED = [
+    ("01_coding_rate.ipynb", [("return 0.5 * logdet", "return logdet")], "check_coding_rate",
+     "a missing ½"),
+    ("01_coding_rate.ipynb", [("d / (n * eps**2)", "d / (n * eps)")], "check_coding_rate",
+     "ε instead of ε²"),
+    ("01_coding_rate.ipynb", [("d / (n_k * eps**2)", "d / (n * eps**2)")],
+     "check_compression_rate", "n instead of n_k"),
+    ("02_variational_compression.ipynb", [('"kdp,dn->kpn", U, Z', '"kpd,dn->kpn", U, Z')],
+     "check_token_statistics", "a transposed U"),
+    ("02_variational_compression.ipynb", [("return V", "return V.transpose(0, 2, 1)")],
+     "check_eigenbases", "a transposed U"),
+    ("03_gradient.ipynb", [('"kdp,kpn->dn", U, W) / n', '"kdp,kpn->dn", U, W)')],
+     "check_variational_compression_grad", "a missing 1/n"),
+    ("03_gradient.ipynb", [("(f(Z_plus) - f(Z_minus)) / (2 * h)", "(f(Z_plus) - f(Z)) / h")],
+     "check_numerical_gradient", "a forward difference"),
+    ("04_tssa_step_membership.ipynb", [("e.sum(axis=1, keepdims=True)", "e.sum(axis=0, keepdims=True)")],
+     "check_estimate_membership", "the softmax over the wrong axis"),
+    ("04_tssa_step_membership.ipynb", [("return Z - tau * update", "return Z + tau * update")],
+     "check_tssa_step", "a plus sign"),
+    ("05_tssa_forward.ipynb", [('x @ params["qkv.weight"] +', 'x @ params["qkv.weight"].T +')],
+     "check_tssa_forward", "a transposed projection W_qkv"),
+    ("05_tssa_forward.ipynb", [("np.exp(scores).sum(axis=1, keepdims=True)", "np.exp(scores).sum(axis=2, keepdims=True)")],
+     "check_tssa_forward", "the softmax over the wrong axis"),
+    ("05_tssa_forward.ipynb", [("(pi.sum(axis=2, keepdims=True) + 1e-8)", "pi.sum(axis=2, keepdims=True)")],
+     "check_tssa_forward", "a forgotten 1e-8"),
+    ("05_tssa_forward.ipynb", [("w / np.maximum(norm, 1e-12)", "w / norm")],
+     "check_tssa_forward", "a forgotten 1e-12 floor"),
+    ("05_tssa_forward.ipynb", [("w.reshape(B, n, H, p).transpose(0, 2, 1, 3)", "w.reshape(B, H, n, p)")],
+     "check_tssa_forward", "heads split without the transpose"),
+    ("06_tssa_backward.ipynb", [('cache["y_flat"].reshape(-1, D).T @ dout.reshape(-1, D)',
+                                 'dout.reshape(-1, D).T @ cache["y_flat"].reshape(-1, D)')],
+     "check_tssa_backward", "a transposed weight gradient"),
+    ("06_tssa_backward.ipynb", [("(dpi * pi).sum(axis=1, keepdims=True)", "(dpi * pi).sum(axis=2, keepdims=True)")],
+     "check_tssa_backward", "the softmax backward over the wrong axis"),
+    ("06_tssa_backward.ipynb", [("dw += dnorm * w / denom", "dw += 0 * dnorm")],
+     "check_tssa_backward", "the column norm treated as a constant"),
+    ("06_tssa_backward.ipynb", [("ds = -(c**2) * dc", "ds = 0 * dc")],
+     "check_tssa_backward", "s treated as a constant"),
+    ("07_causal_tssa.ipynb", [("np.cumsum(pi[..., None] * w_sq, axis=2)", "(pi[..., None] * w_sq).sum(axis=2, keepdims=True)"),
+                              ("np.cumsum(pi, axis=2) + 1e-8", "pi.sum(axis=2, keepdims=True) + 1e-8")],
+     "check_causal_tssa_forward", "the statistics s see the future"),
+    ("07_causal_tssa.ipynb", [("+ p * beta", "+ beta")],
+     "check_causal_tssa_forward", "β added once instead of once per feature"),
+    ("08_complexity.ipynb", [("np.polyfit(np.log(ns), np.log(times), 1)", "np.polyfit(ns, times, 1)")],
+     "check_fit_exponent", "a fit of t against n"),
+]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the planted code divides 0 by 0
+@pytest.mark.parametrize(
+    "name, mutation, checker, slip",
+    [pytest.param(*p, id=f"{p[0][:2]}-{p[3]}") for p in PLANTED if p[0] in PRESENT],
+)
+def test_planted_mistake_fails_with_feedback_naming_it(name, mutation, checker, slip):
+    nb = nbformat.read(SOLUTIONS / name, as_version=4)
+    ns = _namespace(nb, mutation)
+    [(result_name, _, statement)] = [s for s in _checker_statements(nb) if s[1] == checker]
+    text = _run_checker(ns, statement)
+    result = ns[result_name]
+    assert not result
+    assert result.status in ("wrong", "error"), text
+    assert f"Likely slip: {slip}" in text, text
+    assert any(s.startswith(slip) for s in result.slips), result.slips
+    assert "expected" in text and "got" in text  # the table of expected vs got
+
+
+def test_a_causal_layer_that_sees_the_future_is_called_not_causal():
+    name = "07_causal_tssa.ipynb"
+    if name not in PRESENT:
+        pytest.skip("exercise 7 is not written yet")
+    nb = nbformat.read(SOLUTIONS / name, as_version=4)
+    mutation = [
+        (
+            "np.maximum(np.cumsum(w_sq, axis=2), 1e-12)",
+            "np.maximum(w_sq.sum(axis=2, keepdims=True), 1e-12)",
+        )
+    ]
+    ns = _namespace(nb, mutation)
+    text = _run_checker(ns, "result = check_causal_tssa_forward(causal_tssa_forward)")
+    assert not ns["result"]
+    assert "not causal: changing tokens 3.. changed the outputs at tokens < 3" in text, text
+    assert "Likely slip: the normalizer r sees the future" in text, text
+
+
+# ----------------------------------------------------------------------------- the checkers
+
+
+def test_checkers_report_instead_of_raising(capsys):
+    def raises(Z, eps):
+        return {}["missing"]
+
+    def returns_none(Z, eps):
+        return None
+
+    def wrong_shape(Z, eps):
+        return np.zeros(3)
+
+    def mutates(Z, eps):
+        Z *= 2
+        return wb.coding_rate(Z / 2, eps)
+
+    r = ec.check_coding_rate(raises)
+    out = capsys.readouterr().out
+    assert r.status == "error" and "KeyError" in out and 'return {}["missing"]' in out
+    assert "Traceback" not in out
+
+    r = ec.check_coding_rate(returns_none)
+    assert not r and "forget `return`?" in capsys.readouterr().out
+
+    r = ec.check_coding_rate(wrong_shape)
+    assert r.status == "wrong" and "shape (3,), expected ()" in capsys.readouterr().out
+
+    r = ec.check_coding_rate(mutates)
+    assert not r and "changed its input `Z` in place" in capsys.readouterr().out
+
+    r = ec.check_coding_rate("not a function")
+    assert r.status == "error"
+
+
+def test_not_implemented_is_one_line(capsys):
+    def todo(Z, eps):
+        raise NotImplementedError
+
+    r = ec.check_coding_rate(todo)
+    out = capsys.readouterr().out
+    assert r.status == "not implemented" and not r
+    assert out.strip().count("\n") == 0 and "not implemented yet" in out
+
+
+def test_checker_references_equal_the_library():
+    """The checkers' own NumPy layers (intermediates, slip variants) are the library's."""
+    from whitebox import nn
+    from whitebox.gradcheck import rel_error
+
+    for case in ec._tssa_cases(501):
+        x, params = case.args["x"], case.args["params"]
+        out, cache = nn.tssa_forward(x, params)
+        ref = ec.tssa_reference(x, params)
+        assert rel_error(out, ref["out"]) < 1e-12 and rel_error(cache["pi"], ref["pi"]) < 1e-12
+        dout = np.random.default_rng(0).standard_normal(out.shape)
+        dx, grads = nn.tssa_backward(dout, cache)
+        dx_ref, grads_ref = ec.tssa_backward_reference(dout, ref)
+        assert rel_error(dx, dx_ref) < 1e-10
+        assert all(rel_error(grads[k], grads_ref[k]) < 1e-10 for k in ec.GRAD_KEYS)
+    for case in ec._causal_cases(701):
+        x, params = case.args["x"], case.args["params"]
+        out, cache = nn.causal_tssa_forward(x, params)
+        ref = ec.causal_tssa_reference(x, params)
+        assert rel_error(out, ref["out"]) < 1e-12 and rel_error(cache["pi"], ref["pi"]) < 1e-12
+
+
+def test_time_call_checker(capsys):
+    import time
+
+    def best(f, repeats=5):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    assert ec.check_time_call(best)
+    assert ec.check_time_call(
+        lambda f, repeats=5: sum(best(f, 1) for _ in range(repeats))
+    ).slips == ["the total instead of the best time"]
+    assert ec.check_time_call(lambda f, repeats=5: 1e3 * best(f, repeats)).slips == [
+        "milliseconds instead of seconds"
+    ]
+    assert not ec.check_time_call(lambda f, repeats=5: best(f, 1))  # too few calls
+    assert "Likely slip" in capsys.readouterr().out
+
+
+def _spec(name):
+    from whitebox import nn
+
+    return ec.SPECS[name](nn.tssa_forward) if name == "check_tssa_backward" else ec.SPECS[name]()
+
+
+@pytest.mark.parametrize("name", sorted(ec.SPECS))
+def test_every_slip_differs_from_the_right_answer(name):
+    """A slip that equals the right answer on every case could never be named."""
+    spec = _spec(name)
+    cases = spec.cases()
+    for slip in spec.slips:
+        if slip.fn is None:
+            continue
+        differs = False
+        for case in cases:
+            try:
+                with np.errstate(all="ignore"):
+                    wrong = slip.fn(case)
+            except Exception:
+                continue  # e.g. a transposed U that does not fit a p < d case
+            right = spec.reference(case)
+            differs |= any(
+                not ec._compare(right[q], wrong[q], spec.tol, spec.floor, spec.relative_floor)[0]
+                for q in wrong
+            )
+        assert differs, f"{name}: the slip {slip.name!r} is indistinguishable from the answer"
+
+
+# ----------------------------------------------------------------------------- the build
+
+
+def test_build_replaces_regions_at_their_indentation():
+    source = "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION\n    y = 2 * x\n    return y\n    ### END SOLUTION\n"
+    out, n = build.strip_regions(source, build.CODE_STUB, "test")
+    assert n == 1
+    assert out == (
+        "def f(x):\n    '''doc'''\n    # TODO: your code here\n    raise NotImplementedError\n"
+    )
+    ast.parse(out)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "### BEGIN SOLUTION\nx = 1\n",
+        "x = 1\n### END SOLUTION\n",
+        "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n",
+    ],
+)
+def test_build_rejects_unbalanced_markers(source):
+    with pytest.raises(build.BuildError):
+        build.strip_regions(source, build.CODE_STUB, "test")
+
+
+@pytest.mark.parametrize("name", PRESENT)
+def test_learner_copy_keeps_no_solution(name):
+    solution = nbformat.read(SOLUTIONS / name, as_version=4)
+    learner = nbformat.read(EXERCISES / name, as_version=4)
+    text = "\n".join(c.source for c in learner.cells if c.cell_type == "code")
+    assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+    assert "solution-only" not in str([c.metadata for c in learner.cells])
+    stubs = text.count("raise NotImplementedError")
+    regions = sum(c.source.count(build.BEGIN) for c in solution.cells if c.cell_type == "code")
+    assert stubs == regions > 0
+
+
+@pytest.mark.parametrize("name", PRESENT)
+def test_chapter_links_point_at_existing_chapters(name):
+    """Links ../notebooks/NN_*.ipynb must name the chapter file once that chapter exists."""
+    learner = nbformat.read(EXERCISES / name, as_version=4)
+    text = "\n".join(c.source for c in learner.cells if c.cell_type == "markdown")
+    links = re.findall(r"\]\(\.\./notebooks/(\d\d)_([\w-]+\.ipynb)\)", text)
+    assert links, f"{name} does not link back to its chapter"
+    for number, rest in links:
+        target = ROOT / "notebooks" / f"{number}_{rest}"
+        chapters = sorted((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
+        if chapters and not target.exists():
+            pytest.fail(
+                f"{name} links to {target.name}, but chapter {number} is {chapters[0].name}"
+            )
