@@ -216,6 +216,7 @@ class TextTask:
                 f"{4 * (cfg.block_size + 1)} for block size {cfg.block_size}"
             )
         self.codec = CharCodec(sorted(set(text)))
+        self.prompt = "\n" if "\n" in self.codec.index else text[0]  # start samples at a line
         data = self.codec.encode(text)
         split = int(0.9 * len(data))
         self.train, self.val = data[:split], data[split:]
@@ -255,7 +256,7 @@ class TextTask:
         return {"val_loss": total / count}
 
     def finish(self, model, xp):
-        prompt = self.codec.encode("\n")[None, :]
+        prompt = self.codec.encode(self.prompt)[None, :]
         ids = model.generate(prompt, 200, temperature=0.8, top_k=None, seed=self.cfg.seed)
         return {"sample": self.codec.decode(ids[0, 1:])}
 
