@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .backend import erf, get_array_module, to_device, to_numpy
 
 LAYERNORM_EPS = 1e-5
@@ -245,73 +246,86 @@ def tssa_forward(x, params):
         y_{hji} = -Pi_{hj} w_{hji} / (1 + s_{hi})                            (eq. 9)
         out     = merge_heads(y) W_out + b_out                               (B, n, D)
 
-    Returns (out, cache); ``cache['pi']`` is Pi (B, H, n)."""
+    Layout, for speed (issue 7): w stays as the projection writes it, (B, n, D) viewed as
+    (B, n, H, p), so splitting and merging the heads copies nothing; per-token quantities
+    (scores, Pi) are (B, n, H). Every sum over tokens or over a head's features is one
+    single-pass ``einsum`` (no temporary array); element-wise products write into reused
+    buffers. On CuPy arrays with ``whitebox.kernels.FUSED`` the part between the two
+    projections runs as fused GPU kernels (``whitebox.kernels``) instead.
+
+    Returns (out, cache); ``cache['pi']`` is Pi (B, H, n) and ``cache['a']`` the scores
+    sum_i w_hat^2 (B, H, n) (transposed views of the (B, n, H) arrays)."""
+    impl = kernels.fused_impl(x, params["temp"].shape[0])
+    if impl is not None:
+        return kernels.tssa_forward_fused(x, params, impl)
     xp = get_array_module(x)
     B, n, D = x.shape
     H = params["temp"].shape[0]
     p = D // H
-    w_flat, qkv_cache = linear_forward(x, _sub(params, "qkv"))  # (B, n, D)
-    # one copy into the head-major layout keeps every element-wise pass below contiguous
-    w = xp.ascontiguousarray(w_flat.reshape(B, n, H, p).transpose(0, 2, 1, 3))  # (B, H, n, p)
+    w, qkv_cache = linear_forward(x, _sub(params, "qkv"))  # (B, n, D)
     w_sq = w * w
-    col_norm = xp.sqrt(w_sq.sum(axis=2, keepdims=True))  # (B, H, 1, p)
+    w4, w_sq4 = w.reshape(B, n, H, p), w_sq.reshape(B, n, H, p)  # (B, n, H, p) views
+    col_norm = xp.sqrt(w_sq4.sum(axis=1))  # (B, H, p): ||w_{.,i}|| over the tokens
     denom = xp.maximum(col_norm, TSSA_NORM_FLOOR)
-    inv_denom_sq = 1.0 / (denom * denom)  # (B, H, 1, p)
-    a = (w_sq * inv_denom_sq).sum(axis=-1)  # (B, H, n): sum_i w_hat^2
-    pi = _softmax(params["temp"] * a, axis=1)  # (B, H, n), softmax over heads
-    pi_sum = pi.sum(axis=-1, keepdims=True) + MEMBERSHIP_EPS  # (B, H, 1)
-    pi_bar = pi / pi_sum  # (B, H, n)
-    s = pi_bar[:, :, None, :] @ w_sq  # (B, H, 1, p): the statistics as a matrix product
-    c = 1.0 / (1.0 + s)  # (B, H, 1, p)
-    pi_w = pi[..., None] * w  # (B, H, n, p)
-    y = pi_w * (-c)
-    y_flat = y.transpose(0, 2, 1, 3).reshape(B, n, D)  # (B, n, D)
-    out, proj_cache = linear_forward(y_flat, _sub(params, "proj"))
+    inv_denom_sq = 1.0 / (denom * denom)  # (B, H, p)
+    a = xp.einsum("bnhp,bhp->bnh", w_sq4, inv_denom_sq)  # (B, n, H): sum_i w_hat^2
+    pi = _softmax(a * params["temp"][:, 0], axis=2)  # (B, n, H), softmax over heads
+    pi_sum = pi.sum(axis=1, keepdims=True) + MEMBERSHIP_EPS  # (B, 1, H)
+    pi_bar = pi / pi_sum  # (B, n, H)
+    s = xp.einsum("bnh,bnhp->bhp", pi_bar, w_sq4)  # (B, H, p): the token statistics
+    c = 1.0 / (1.0 + s)  # (B, H, p)
+    neg_pi_c = pi[..., None] * -c[:, None]  # (B, n, H, p): -Pi_{hj} c_{hi}
+    y = neg_pi_c * w4  # (B, n, H, p), heads already merged in memory
+    out, proj_cache = linear_forward(y.reshape(B, n, D), _sub(params, "proj"))
     cache = dict(
-        qkv=qkv_cache, proj=proj_cache, w=w, w_sq=w_sq, col_norm=col_norm, denom=denom,
-        inv_denom_sq=inv_denom_sq, a=a, temp=params["temp"], pi=pi, pi_sum=pi_sum,
-        pi_bar=pi_bar, c=c, pi_w=pi_w,
+        qkv=qkv_cache, proj=proj_cache, w=w4, w_sq=w_sq4, col_norm=col_norm, denom=denom,
+        inv_denom_sq=inv_denom_sq, a=a.transpose(0, 2, 1), temp=params["temp"],
+        pi=pi.transpose(0, 2, 1), pi_sum=pi_sum, pi_bar=pi_bar, c=c, neg_pi_c=neg_pi_c,
     )  # fmt: skip
     return out, cache
 
 
 def tssa_backward(dout, cache):
     """Backward of :func:`tssa_forward`. dout: (B, n, D). Returns (dx, grads)."""
+    if "fused" in cache:
+        return kernels.tssa_backward_fused(dout, cache)
     xp = get_array_module(dout)
-    w, w_sq, c, pi, pi_w = cache["w"], cache["w_sq"], cache["c"], cache["pi"], cache["pi_w"]
-    B, H, n, p = w.shape
-    dy_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D)
-    dy = xp.ascontiguousarray(dy_flat.reshape(B, n, H, p).transpose(0, 2, 1, 3))  # (B, H, n, p)
-    # First the gradients of the small factors (per token, per coordinate), then dw at once.
+    w, w_sq, c, pi_bar = cache["w"], cache["w_sq"], cache["c"], cache["pi_bar"]
+    pi = cache["pi"].transpose(0, 2, 1)  # (B, n, H)
+    B, n, H, p = w.shape
+    dy_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D), a fresh array
+    dy = dy_flat.reshape(B, n, H, p)
+    # First the gradients of the small factors (per token and head, per coordinate), then dw.
     # y = -Pi w c
-    dy_c = dy * c  # (B, H, n, p)
-    dpi = -(w * dy_c).sum(axis=-1)  # (B, H, n)
-    dc = -(pi_w * dy).sum(axis=2, keepdims=True)  # (B, H, 1, p)
+    tmp = w * dy  # (B, n, H, p); reused below as scratch
+    dpi = -xp.einsum("bnhp,bhp->bnh", tmp, c)  # (B, n, H)
+    dc = -xp.einsum("bnh,bnhp->bhp", pi, tmp)  # (B, H, p)
     ds = -(c * c) * dc  # c = 1 / (1 + s)
-    # s = pi_bar^T w^2  (sum over tokens)
-    dpi_bar = (w_sq @ ds.transpose(0, 1, 3, 2))[..., 0]  # (B, H, n)
+    # s = sum_j pi_bar_j w_j^2
+    dpi_bar = xp.einsum("bnhp,bhp->bnh", w_sq, ds)  # (B, n, H)
     # pi_bar = Pi / (sum_j Pi + eps)
-    pi_sum = cache["pi_sum"]
-    dpi += dpi_bar / pi_sum - (dpi_bar * pi).sum(axis=-1, keepdims=True) / (pi_sum * pi_sum)
+    pi_sum = cache["pi_sum"]  # (B, 1, H)
+    dpi += dpi_bar / pi_sum - (dpi_bar * pi).sum(axis=1, keepdims=True) / (pi_sum * pi_sum)
     # Pi = softmax over heads of temp * a
-    dz = _softmax_backward(dpi, pi, axis=1)  # (B, H, n)
-    dtemp = (dz * cache["a"]).sum(axis=(0, 2))[:, None]  # (H, 1)
-    da = dz * cache["temp"]  # (B, H, n)
+    dz = _softmax_backward(dpi, pi, axis=2)  # (B, n, H)
+    dtemp = (dz * cache["a"].transpose(0, 2, 1)).sum(axis=(0, 1))[:, None]  # (H, 1)
+    da = dz * cache["temp"][:, 0]  # (B, n, H)
     # a_j = sum_i w_ji^2 / denom_i^2, denom_i = max(||w_{.,i}||, floor)
     inv_d2, denom = cache["inv_denom_sq"], cache["denom"]
-    ddenom = -2.0 * (da[:, :, None, :] @ w_sq) * inv_d2 / denom  # (B, H, 1, p)
+    ddenom = -2.0 * xp.einsum("bnh,bnhp->bhp", da, w_sq) * inv_d2 / denom  # (B, H, p)
     # the clamp passes the gradient only where norm >= floor (torch.clamp_min); there norm > 0
     dnorm = ddenom * (cache["col_norm"] >= TSSA_NORM_FLOOR) / denom  # d||w_i|| / dw = w / ||w_i||
-    # dw: the direct path -Pi c dY, plus w times one outer product per other path (through s,
-    # through a, through the column norm):
+    # dw: the direct path -Pi c dY, plus w times a sum of outer products (token x coordinate)
+    # for the paths through s, through a and through the column norm:
     #   dw = -Pi c dY + w * (2 Pi_bar ds + 2 da / denom^2 + dnorm)
-    dw = cache["pi_bar"][..., None] * (2.0 * ds)  # (B, H, n, p)
-    dw += (2.0 * da)[..., None] * inv_d2
-    dw += dnorm
+    dw = pi_bar[..., None] * (2.0 * ds)[:, None]  # (B, n, H, p)
+    xp.multiply(da[..., None], (2.0 * inv_d2)[:, None], out=tmp)
+    dw += tmp
+    dw += dnorm[:, None]
     dw *= w
-    dw -= pi[..., None] * dy_c
-    dw_flat = dw.transpose(0, 2, 1, 3).reshape(B, n, H * p)  # (B, n, D)
-    dx, g_qkv = linear_backward(dw_flat, cache["qkv"])
+    xp.multiply(cache["neg_pi_c"], dy, out=tmp)
+    dw += tmp
+    dx, g_qkv = linear_backward(dw.reshape(B, n, H * p), cache["qkv"])
     grads = {**_prefixed(g_qkv, "qkv"), "temp": dtemp, **_prefixed(g_proj, "proj")}
     return dx, grads
 
