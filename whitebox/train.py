@@ -49,7 +49,7 @@ DEFAULTS = {
         eval_every=None,
     ),
     "text": dict(
-        depth=2, dim=64, heads=4, epochs=None, steps=1500, batch_size=32, lr=3e-3,
+        depth=2, dim=64, heads=4, epochs=None, steps=1500, batch_size=32, lr=1e-2,
         weight_decay=0.1, warmup=100, label_smoothing=0.0, clip=1.0, block_size=64,
         eval_every=250,
     ),
