@@ -57,6 +57,7 @@ results: venv
 
 bench: venv
 	$(BIN)/python -m whitebox.bench
+	$(BIN)/python scripts/readme_tables.py
 
 # Optional: PyTorch CPU build for the parity tests and the benchmark (never a library dependency).
 torch: venv

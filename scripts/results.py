@@ -17,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import readme_tables  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = [("digits", "tssa"), ("digits", "softmax"), ("text", "tssa"), ("text", "softmax")]
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def machine() -> str:
@@ -43,23 +45,6 @@ def run(task: str, attention: str, out: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def table(results: list[dict], where: str) -> str:
-    rows = [
-        "| task | attention | result | parameters | seconds |",
-        "|---|---|---|---|---|",
-    ]
-    for r in results:
-        if "test_accuracy" in r:
-            metric = f"test accuracy {r['test_accuracy']:.4f}"
-        else:
-            metric = f"validation loss {r['val_loss_nats_per_char']:.4f} nats/char"
-        name = "ToST (TSSA)" if r["attention"] == "tssa" else "softmax (ViT/GPT)"
-        rows.append(f"| {r['task']} | {name} | {metric} | {r['params']:,} | {r['seconds']:.1f} |")
-    rows.append("")
-    rows.append(f"Machine: {where}. Regenerate with `make results`.")
-    return "\n".join(rows)
-
-
 def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,13 +57,7 @@ def main() -> int:
     out = ROOT / "results" / "results.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"machine": where, "runs": results}, indent=2) + "\n")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md lacks the markers {START} ... {END}")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{table(results, where)}\n{END}{tail}")
+    readme_tables.README.write_text(readme_tables.render(readme_tables.README.read_text()))
     print(f"wrote {out.relative_to(ROOT)} and the table in README.md")
     return 0
 
