@@ -337,13 +337,12 @@ def _set_rng_state(rng, state) -> None:
 
 def plot_curves(history, path, title=""):
     """Loss (train and evaluation) and the task's metric against the step, to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # a bare Figure (no pyplot): works headless and leaves a notebook's backend alone
+    from matplotlib.figure import Figure
 
     steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2)
     axes[0].plot(steps, [h["train_loss"] for h in history], label="train")
     for key in ("test_loss", "val_loss"):
         if key in history[0]:
@@ -364,7 +363,6 @@ def plot_curves(history, path, title=""):
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def make_config(**overrides) -> Config:
