@@ -36,8 +36,9 @@ lint: venv
 pytest: venv
 	$(BIN)/python -m pytest -q tests
 
+# Notebooks draw inline whatever MPLBACKEND the caller has set (Agg would drop every figure).
 nbval: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg $(NOTEBOOKS) $(SOLUTIONS)
 
 lab: venv
@@ -45,7 +46,7 @@ lab: venv
 
 # Re-execute every notebook top to bottom in a fresh kernel and commit-ready clean metadata.
 notebooks: venv
-	$(BIN)/python scripts/run_notebooks.py $(NOTEBOOKS) $(SOLUTIONS)
+	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/python scripts/run_notebooks.py $(NOTEBOOKS) $(SOLUTIONS)
 
 # Regenerate the learner copies of the exercises from the instructor sources.
 exercises: venv

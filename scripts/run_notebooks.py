@@ -57,7 +57,7 @@ def run(path: Path, timeout: int) -> float:
 
 def main(argv: list[str]) -> int:
     timeout = int(os.environ.get("WHITEBOX_NB_TIMEOUT", "600"))
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # never Agg here
     paths = [Path(a) for a in argv] or sorted(Path("notebooks").glob("*.ipynb"))
     for path in paths:
         seconds = run(path, timeout)
