@@ -1180,17 +1180,18 @@ def _tssa_cases(seed):
     ]  # fmt: skip
 
 
-def _tssa_forward_spec() -> Spec:
-    def ref(c):
-        from . import nn
+def _forward_spec_parts(name, library_forward, reference):
+    """The reference, the output extractor and the slip factory shared by the two forward
+    exercises (05 TSSA, 07 causal TSSA): both return (out, cache) with the same cache keys."""
 
-        out, cache = nn.tssa_forward(c.args["x"], c.args["params"])
-        r = tssa_reference(c.args["x"], c.args["params"])
+    def ref(c):
+        out, cache = library_forward(c.args["x"], c.args["params"])
+        r = reference(c.args["x"], c.args["params"])
         return {"w": r["w"], "pi": cache["pi"], "s": r["s"], "y": r["y"], "out": out}
 
     def extract(output, c):
         if not (isinstance(output, tuple | list) and len(output) == 2):
-            raise BadOutput("tssa_forward should return the pair (out, cache)")
+            raise BadOutput(f"{name} should return the pair (out, cache)")
         out, cache = output
         if not isinstance(cache, dict):
             raise BadOutput(f"the cache should be a dict, got {type(cache).__name__}")
@@ -1200,11 +1201,18 @@ def _tssa_forward_spec() -> Spec:
 
     def slip(key):
         def f(c):
-            r = tssa_reference(c.args["x"], c.args["params"], slip=key)
+            r = reference(c.args["x"], c.args["params"], slip=key)
             return {k: r[k] for k in ("w", "pi", "s", "y", "out")}
 
         return f
 
+    return ref, extract, slip
+
+
+def _tssa_forward_spec() -> Spec:
+    from . import nn
+
+    ref, extract, slip = _forward_spec_parts("tssa_forward", nn.tssa_forward, tssa_reference)
     return Spec(
         "tssa_forward",
         "tssa_forward(x, params) -> (out, cache)",
@@ -1473,29 +1481,11 @@ def _causal_cases(seed):
 
 
 def _causal_spec() -> Spec:
-    def ref(c):
-        from . import nn
+    from . import nn
 
-        out, cache = nn.causal_tssa_forward(c.args["x"], c.args["params"])
-        r = causal_tssa_reference(c.args["x"], c.args["params"])
-        return {"w": r["w"], "pi": cache["pi"], "s": r["s"], "y": r["y"], "out": out}
-
-    def extract(output, c):
-        if not (isinstance(output, tuple | list) and len(output) == 2):
-            raise BadOutput("causal_tssa_forward should return the pair (out, cache)")
-        out, cache = output
-        if not isinstance(cache, dict):
-            raise BadOutput(f"the cache should be a dict, got {type(cache).__name__}")
-        got = {k: cache[k] for k in TSSA_CACHE_KEYS if k in cache}
-        got["out"] = out
-        return got
-
-    def slip(key):
-        def f(c):
-            r = causal_tssa_reference(c.args["x"], c.args["params"], slip=key)
-            return {k: r[k] for k in ("w", "pi", "s", "y", "out")}
-
-        return f
+    ref, extract, slip = _forward_spec_parts(
+        "causal_tssa_forward", nn.causal_tssa_forward, causal_tssa_reference
+    )
 
     def extra(fn):
         """Changing tokens t0.. must leave the outputs at tokens < t0 unchanged."""
