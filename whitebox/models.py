@@ -26,6 +26,19 @@ from .nn import (
 )
 
 
+def _run_blocks(blocks, z):
+    """Apply the blocks in order; return the output and the white-box intermediates:
+    {"tokens": [Z_0, ..., Z_L], "pi": [Pi of each TSSA block or None], "attn": [softmax
+    attention maps or None]}."""
+    tokens, pis, attns = [z], [], []
+    for blk in blocks:
+        z = blk.forward(z)
+        tokens.append(z)
+        pis.append(getattr(blk.attn, "last_pi", None))
+        attns.append(getattr(blk.attn, "last_attn", None))
+    return z, {"tokens": tokens, "pi": pis, "attn": attns}
+
+
 class ToSTClassifier(Module):
     r"""Vision ToST (or ViT with ``attention="softmax"``) for small images such as 8 x 8 digits.
 
@@ -111,13 +124,7 @@ class ToSTClassifier(Module):
             cls = xp.broadcast_to(self.params["cls_token"], (z.shape[0], 1, self.dim))
             z = xp.concatenate([cls, z], axis=1)  # (B, N + 1, D)
         z = z + self.params["pos_embed"]
-        tokens, pis, attns = [z], [], []
-        for blk in self.blocks:
-            z = blk.forward(z)
-            tokens.append(z)
-            pis.append(getattr(blk.attn, "last_pi", None))
-            attns.append(getattr(blk.attn, "last_attn", None))
-        self.intermediates = {"tokens": tokens, "pi": pis, "attn": attns}
+        z, self.intermediates = _run_blocks(self.blocks, z)
         pooled = z[:, 0] if self.pool == "cls" else z.mean(axis=1)  # (B, D)
         logits = self.head.forward(self.norm.forward(pooled))
         self._n_tokens = z.shape[1]
@@ -181,13 +188,7 @@ class ToSTTokenClassifier(Module):
         """x: (B, n, in_dim). Returns logits (B, n, num_classes)."""
         _check_tokens(x, self.in_dim)
         z = self.embed.forward(x)  # (B, n, D)
-        tokens, pis, attns = [z], [], []
-        for blk in self.blocks:
-            z = blk.forward(z)
-            tokens.append(z)
-            pis.append(getattr(blk.attn, "last_pi", None))
-            attns.append(getattr(blk.attn, "last_attn", None))
-        self.intermediates = {"tokens": tokens, "pi": pis, "attn": attns}
+        z, self.intermediates = _run_blocks(self.blocks, z)
         logits = self.head.forward(self.norm.forward(z))
         return (logits, self.intermediates) if return_intermediates else logits
 
