@@ -68,3 +68,10 @@ def test_cupy_only_in_the_gpu_extra():
         r.startswith("cupy-cuda12x") for r in data["project"]["optional-dependencies"]["gpu"]
     )
     assert not any("torch" in r for r in data["project"]["dependencies"])
+
+
+def test_the_core_stays_small_enough_to_read_in_an_afternoon():
+    core = ["backend.py", "mcr2.py", "data.py", "nn.py", "models.py"]
+    lines = sum(len((ROOT / "whitebox" / f).read_text().splitlines()) for f in core)
+    assert lines < 2000, f"the core has grown to {lines} lines; update the README's promise"
+    assert "under 2,000 lines" in (ROOT / "README.md").read_text()
