@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
 LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises
 
-.PHONY: all venv train test lint pytest nbval lab notebooks exercises results bench torch demo clean
+.PHONY: all venv train test lint pytest nbval lab notebooks exercises results bench torch demo clean nbval-other-cpu
 
 all: test
 
@@ -66,3 +66,12 @@ torch: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+# nbval once more under an OpenBLAS kernel other than this CPU's own (see scripts/other_cpu.py):
+# what nbval compares must not depend on the CPU (float32 products round differently per kernel).
+nbval-other-cpu: venv
+	@kernel=$$($(BIN)/python scripts/other_cpu.py); rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "nbval-other-cpu: skipped (see above)"; exit 0; fi; \
+	[ $$rc -eq 0 ] || exit 1; \
+	OPENBLAS_CORETYPE=$$kernel $(BIN)/python scripts/other_cpu.py --check $$kernel || exit 1; \
+	OPENBLAS_CORETYPE=$$kernel $(MAKE) --no-print-directory nbval

@@ -4,7 +4,8 @@
     python scripts/readme_tables.py --check  # exit 1 if README.md differs from the JSON
 
 * results (between ``<!-- results:start -->`` and ``<!-- results:end -->``):
-  ``results/results.json``, written by ``make results`` (scripts/results.py);
+  ``results/<configuration>.json`` and ``results/tuning.json``, written by ``make results``
+  (scripts/results.py);
 * performance (between ``<!-- perf:start -->`` and ``<!-- perf:end -->``):
   ``benchmarks/bench_cpu.json`` (and ``bench_gpu.json`` when present), written by ``make bench``.
 """
@@ -19,17 +20,87 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 
-def results_table(data: dict) -> str:
-    rows = ["| task | attention | result | parameters | seconds |", "|---|---|---|---|---|"]
-    for r in data["runs"]:
-        if "test_accuracy" in r:
-            metric = f"test accuracy {r['test_accuracy']:.4f}"
-        else:
-            metric = f"validation loss {r['val_loss_nats_per_char']:.4f} nats/char"
-        name = "ToST (TSSA)" if r["attention"] == "tssa" else "softmax (ViT/GPT)"
-        rows.append(f"| {r['task']} | {name} | {metric} | {r['params']:,} | {r['seconds']:.1f} |")
-    rows += ["", f"Machine: {data['machine']}. Regenerate with `make results`."]
-    return "\n".join(rows)
+#: The configurations of the results table, in its order (files results/<name>.json).
+RESULT_ORDER = ("digits-tssa", "digits-softmax", "digits-tost-cab", "text-tssa", "text-softmax")
+MODEL_NAMES = {
+    "digits-tssa": "ToST (TSSA), simplified classifier",
+    "digits-softmax": "softmax (ViT), same classifier",
+    "digits-tost-cab": "ToST-CAB (the paper's vision layout, small)",
+    "text-tssa": "ToST (causal TSSA)",
+    "text-softmax": "softmax (GPT)",
+}
+
+
+def load_results(root: Path = ROOT) -> dict:
+    """name -> the JSON of every configuration in ``results/`` (``make results``)."""
+    out = {}
+    for name in RESULT_ORDER:
+        path = root / "results" / f"{name}.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def _metric(d: dict) -> str:
+    if d["metric"] == "test_accuracy":
+        return f"test accuracy {d['mean']:.4f} ± {d['std']:.4f}"
+    return f"held-out loss {d['mean']:.3f} ± {d['std']:.3f} nats/char"
+
+
+def _paired_wins(a: dict, b: dict) -> tuple[int, int]:
+    """In how many seeds ``a`` beats ``b`` (same seed, same data order)."""
+    sign = 1 if a["better"] == "max" else -1
+    pairs = list(zip(a["values"], b["values"]))
+    return sum(sign * (x - y) > 0 for x, y in pairs), len(pairs)
+
+
+def results_table(results: dict, tuning: dict | None) -> str:
+    rows = [
+        "| task | model | mean ± std over seeds | per seed | peak lr, weight decay "
+        "| parameters | seconds per run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, d in results.items():
+        fmt = "{:.4f}" if d["metric"] == "test_accuracy" else "{:.3f}"
+        seeds = ", ".join(fmt.format(v) for v in d["values"])
+        setting = f"{d['setting']['lr']:g}, {d['setting']['weight_decay']:g}"
+        rows.append(
+            f"| {d['task']} | {MODEL_NAMES.get(name, name)} | {_metric(d)} | {seeds} | "
+            f"{setting} | {d['params']:,} | {d['mean_seconds']:.1f} |"
+        )
+    any_d = next(iter(results.values()))
+    lines = rows + [
+        "",
+        f"- Seeds {', '.join(map(str, any_d['seeds']))} of each configuration; std is the sample "
+        "standard deviation over the seeds. Digits: accuracy on the 450 test images. Text: "
+        "loss on the last 10% of the text, never used for tuning.",
+    ]
+    for task, a, b in (("digits", "digits-tssa", "digits-softmax"),
+                       ("text", "text-tssa", "text-softmax")):  # fmt: skip
+        if a in results and b in results:
+            wins, n = _paired_wins(results[a], results[b])
+            lines.append(
+                f"- {task}: ToST is better than its softmax baseline in {wins} of {n} seeds "
+                "(paired by seed)."
+            )
+    if tuning:
+        grid = tuning["grid"]
+        lines.append(
+            f"- Tuning, the same for every tuned model: peak lr {{{', '.join(f'{v:g}' for v in grid['lr'])}}}"
+            f" x weight decay {{{', '.join(f'{v:g}' for v in grid['weight_decay'])}}}, "
+            f"{tuning['budget']} (seed {tuning['seed']}), chosen on a validation split carved "
+            "out of the training data (`--holdout`; digits: a stratified 20% of the training "
+            "images, text: its 80-90% stretch), never on the test data "
+            "(`results/tuning.json`)."
+        )
+    m = any_d["machine"]
+    lines.append(
+        f"- Seconds: wall-clock per run, two runs side by side (one BLAS thread each). "
+        f"Machine: {m['cpu']}, {m['cores']} cores, BLAS {'; '.join(m['blas'])}, Python "
+        f"{m['python']}, NumPy {m['numpy']}. Regenerate with `make results` "
+        "(`results/*.json`)."
+    )
+    return "\n".join(lines)
 
 
 def _ms(s: float) -> str:
@@ -96,9 +167,11 @@ def _replace(text: str, name: str, body: str) -> str:
 
 
 def render(text: str) -> str:
-    res = ROOT / "results" / "results.json"
-    if res.exists():
-        text = _replace(text, "results", results_table(json.loads(res.read_text())))
+    results = load_results()
+    if results:
+        tuning_path = ROOT / "results" / "tuning.json"
+        tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else None
+        text = _replace(text, "results", results_table(results, tuning))
     cpu = ROOT / "benchmarks" / "bench_cpu.json"
     if cpu.exists():
         gpu_path = ROOT / "benchmarks" / "bench_gpu.json"

@@ -1,0 +1,298 @@
+"""White-box measurements of a trained ToST classifier (chapters 8 and 9, ``make results``).
+
+Every quantity here is computed per image, in float64, from the intermediates that
+``model.forward(x, return_intermediates=True)`` hands out: the tokens ``Z_l`` entering and
+leaving each block, (B, N, D), and each TSSA block's membership ``Pi_l``, (B, H, N).
+
+* :func:`membership_stats`: how confident ``Pi`` is (mean max over heads, mean entropy) and
+  what decides it: the law of total variance splits the variance of ``Pi_hj`` over images and
+  patches into a *position* part (the per-patch mean), a *class* part (the per-class, per-patch
+  mean around it) and an *individual* part (the rest); the three shares add up to 1.
+* :func:`layer_rates`: R, R_c and Delta R of each block's input and output tokens, centred and
+  scaled to unit length (the direction LayerNorm keeps), under the block's own ``Pi``.
+* :func:`attention_substep`: R_c^var (with the block's own ``Pi`` and its orthonormalized head
+  projections as ``U``) of the attention's LayerNorm'd input, after the attention sub-step and
+  after the whole block, and the cosine of the attention's update with -grad R_c^var.
+
+:func:`digits_report` applies all three to a digits checkpoint and to the same network at
+initialization; :func:`summarize` turns several seeds' reports into the claims the chapters
+make, each with the number of seeds in which it held.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+
+from . import mcr2
+from .backend import to_numpy
+
+#: Precision of R and R_c on unit-length tokens.
+EPS_UNIT = 0.5
+#: The precisions of R_c^var on LayerNorm outputs (length about sqrt(D) = 8 for D = 64):
+#: 4 = 0.5 sqrt(D) is the same relative precision as EPS_UNIT.
+EPS_LN = (1.0, 4.0, 16.0)
+
+
+def unit_tokens(Z):
+    """(B, N, D) -> float64 tokens, centred and scaled to unit length (what LayerNorm keeps)."""
+    Z = np.asarray(to_numpy(Z), dtype=np.float64)
+    Z = Z - Z.mean(axis=-1, keepdims=True)
+    return Z / np.linalg.norm(Z, axis=-1, keepdims=True)
+
+
+def memberships(pi):
+    """(B, H, N) -> (B, N, H) float64, rows renormalized onto the simplex (the paper's n x K)."""
+    P = np.asarray(to_numpy(pi), dtype=np.float64).transpose(0, 2, 1)
+    return P / P.sum(axis=-1, keepdims=True)
+
+
+def head_bases(block):
+    """(H, D, p): the p columns of each head in ``qkv.weight``, orthonormalized by QR.
+
+    The learned projection is unconstrained; the variational bound holds for orthonormal U only,
+    so we keep the subspaces the heads project on and drop the scale (and the bias)."""
+    W = np.asarray(to_numpy(block.attn.params["qkv.weight"]), dtype=np.float64)  # (D, D)
+    H = block.attn.num_heads
+    p = W.shape[1] // H
+    return np.stack([np.linalg.qr(W[:, h * p : (h + 1) * p])[0] for h in range(H)])
+
+
+def membership_stats(pi, labels) -> dict:
+    """Confidence, entropy and the variance shares of one block's ``Pi``, (B, H, N).
+
+    ``labels``: (B,) class of each image. Returns per-head lists and their means over heads."""
+    p = np.asarray(to_numpy(pi), dtype=np.float64)  # (B, H, N)
+    labels = np.asarray(labels)
+    H = p.shape[1]
+    entropy = -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=1).mean()
+    shares = {"position": [], "class": [], "individual": []}
+    for h in range(H):
+        x = p[:, h]  # (B, N)
+        by_pos = x.mean(axis=0)  # (N,)
+        by_class = np.zeros_like(x)
+        for c in np.unique(labels):
+            by_class[labels == c] = x[labels == c].mean(axis=0)
+        total = x.var()
+        if total == 0.0:  # a membership that never changes: nothing to explain
+            parts = (0.0, 0.0, 0.0)
+        else:
+            parts = (
+                by_pos.var() / total,
+                ((by_class - by_pos) ** 2).mean() / total,
+                ((x - by_class) ** 2).mean() / total,
+            )
+        for key, v in zip(shares, parts):
+            shares[key].append(float(v))
+    return {
+        "confidence": float(p.max(axis=1).mean()),
+        "entropy": float(entropy),
+        "std": float(p.std()),
+        "max": float(p.max()),
+        **{f"{k}_share": v for k, v in shares.items()},
+        **{f"{k}_share_mean": float(np.mean(v)) for k, v in shares.items()},
+    }
+
+
+def _rates(Z, P, eps):
+    # mean over images of (R, R_c, Delta R); Z: (B, N, D) unit tokens, P: (B, N, H)
+    out = np.array(
+        [(mcr2.coding_rate(z.T, eps), mcr2.compression_rate(z.T, p, eps)) for z, p in zip(Z, P)]
+    )  # z.T: (D, N), the paper's layout
+    R, Rc = out.T
+    return {"R": float(R.mean()), "R_c": float(Rc.mean()), "delta_R": float((R - Rc).mean())}
+
+
+def layer_rates(inter, eps=EPS_UNIT, pi=None) -> list[dict]:
+    """R, R_c, Delta R at each block's input and output (unit tokens, the block's own Pi).
+
+    ``pi``: memberships to use where the network has none (softmax attention), else None; a
+    network without memberships and without ``pi`` gets R only."""
+    toks, out = inter["tokens"], []
+    for l in range(len(toks) - 1):
+        own = inter["pi"][l] if inter["pi"][l] is not None else (pi[l] if pi else None)
+        zin, zout = unit_tokens(toks[l]), unit_tokens(toks[l + 1])
+        if own is None:
+            R = [float(np.mean([mcr2.coding_rate(z.T, eps) for z in Z])) for Z in (zin, zout)]
+            out.append({"in": {"R": R[0]}, "out": {"R": R[1]}})
+        else:
+            P = memberships(own)
+            out.append({"in": _rates(zin, P, eps), "out": _rates(zout, P, eps)})
+    return out
+
+
+def _rc_var(X, P, U, eps):
+    return np.array([mcr2.variational_compression_rate(x.T, p, U, eps) for x, p in zip(X, P)])
+
+
+def attention_substep(model, inter, eps, per_image: bool = False) -> list[dict]:
+    """Per TSSA block: R_c^var per image before (X_0) and after the attention sub-step (X_1)
+    and after the block (X_2), all LayerNorm'd by the block's ``ln_1``, with the block's own Pi
+    and U held fixed; and the cosine of X_1 - X_0 with -grad R_c^var(X_0). Means over the
+    images; ``per_image=True`` adds the per-image changes and cosines as arrays."""
+    toks, out = inter["tokens"], []
+    for l, blk in enumerate(model.blocks):
+        if inter["pi"][l] is None:
+            out.append(None)
+            continue
+        U = head_bases(blk)
+        X0 = blk.ln_1.forward(toks[l])  # (B, N, D)
+        a = blk.attn.forward(X0)
+        P = memberships(blk.attn.last_pi)
+        X1 = blk.ln_1.forward(toks[l] + blk.params["gamma1"] * a)
+        X2 = blk.ln_1.forward(toks[l + 1])
+        X0, X1, X2 = (np.asarray(to_numpy(X), np.float64) for X in (X0, X1, X2))
+        grad = np.stack(
+            [mcr2.variational_compression_grad(x.T, p, U, eps).T for x, p in zip(X0, P)]
+        )  # (B, N, D)
+        step = (X1 - X0).reshape(len(X0), -1)
+        g = grad.reshape(len(X0), -1)
+        cos = -(step * g).sum(1) / (np.linalg.norm(step, axis=1) * np.linalg.norm(g, axis=1))
+        r0, r1, r2 = (_rc_var(X, P, U, eps) for X in (X0, X1, X2))
+        extra = {"change": r1 - r0, "cos": cos} if per_image else {}
+        out.append(
+            {
+                **extra,
+                "rc_var_X0": float(r0.mean()),
+                "rc_var_X1": float(r1.mean()),
+                "rc_var_X2": float(r2.mean()),
+                "attention_change": float((r1 - r0).mean()),
+                "attention_lowers_share": float(np.mean(r1 < r0)),
+                "block_lowers_share": float(np.mean(r2 < r0)),
+                "cos_mean": float(cos.mean()),
+                "cos_std": float(cos.std()),
+            }
+        )
+    return out
+
+
+def network_report(model, X, y) -> dict:
+    """Everything above for one network on images ``X`` (B, 1, 8, 8) with labels ``y``."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        logits, inter = model.forward(X, return_intermediates=True)
+        report = {
+            "accuracy": float((to_numpy(logits).argmax(axis=1) == y).mean()),
+            "rates": layer_rates(inter),
+        }
+        if any(p is not None for p in inter["pi"]):
+            report["membership"] = [membership_stats(p, y) for p in inter["pi"]]
+            report["substep"] = {f"{eps:g}": attention_substep(model, inter, eps) for eps in EPS_LN}
+    return report
+
+
+def digits_report(checkpoint) -> dict:
+    """:func:`network_report` of a digits checkpoint, trained and at initialization (the same
+    architecture and seed: the run's starting point), on the 450 test images."""
+    from .models import build, load
+    from .train import load_digits_split
+
+    _, _, Xte, yte = load_digits_split()
+    model = load(checkpoint)
+    report = {"trained": network_report(model, Xte, yte)}
+    if model.blocks[0].attn.__class__.__name__ != "SoftmaxAttention":
+        report["init"] = network_report(build(model.config), Xte, yte)
+    return report
+
+
+def _count(per_seed, test) -> dict:
+    held = [r["seed"] for r in per_seed if test(r)]
+    return {"held": len(held), "of": len(per_seed), "seeds": held}
+
+
+def _spread(values) -> dict:
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": round(statistics.mean(values), 4), "std": round(std, 4),
+            "min": round(min(values), 4), "max": round(max(values), 4)}  # fmt: skip
+
+
+def summarize(per_seed) -> dict:
+    """The chapters' claims over the seeds: how many seeds each held in, and the spreads."""
+    if "init" not in per_seed[0]:  # softmax network: R per layer only
+        L = len(per_seed[0]["trained"]["rates"])
+        return {
+            "R_in": [
+                _spread([r["trained"]["rates"][l]["in"]["R"] for r in per_seed]) for l in range(L)
+            ],  # fmt: skip
+            "R_out": [
+                _spread([r["trained"]["rates"][l]["out"]["R"] for r in per_seed]) for l in range(L)
+            ],  # fmt: skip
+        }
+    L = len(per_seed[0]["trained"]["membership"])
+    out = {"blocks": L, "claims": {}, "spread": {}}
+    claims, spread = out["claims"], out["spread"]
+    for state in ("trained", "init"):
+        for key in ("confidence", "entropy", "position_share_mean", "class_share_mean",
+                    "individual_share_mean"):  # fmt: skip
+            spread[f"{state}_{key}"] = [
+                _spread([r[state]["membership"][l][key] for r in per_seed]) for l in range(L)
+            ]
+        for eps in per_seed[0][state]["substep"]:
+            for key in ("attention_lowers_share", "attention_change", "cos_mean"):
+                spread[f"{state}_{key}_eps{eps}"] = [
+                    _spread([r[state]["substep"][eps][l][key] for r in per_seed]) for l in range(L)
+                ]
+        for key in ("R", "R_c", "delta_R"):
+            spread[f"{state}_{key}_in"] = [
+                _spread([r[state]["rates"][l]["in"][key] for r in per_seed]) for l in range(L)
+            ]
+            spread[f"{state}_{key}_out"] = [
+                _spread([r[state]["rates"][l]["out"][key] for r in per_seed]) for l in range(L)
+            ]
+    m = lambda r, s, l, k: r[s]["membership"][l][k]  # noqa: E731
+    for l in range(L):
+        claims[f"training_sharpens_pi_block{l + 1}"] = _count(
+            per_seed,
+            lambda r, l=l: (
+                m(r, "trained", l, "entropy") < m(r, "init", l, "entropy")
+                and m(r, "trained", l, "confidence") > m(r, "init", l, "confidence")
+            ),
+        )
+    if L >= 2:
+        claims["block1_more_positional_than_block2"] = _count(
+            per_seed,
+            lambda r: (
+                m(r, "trained", 0, "position_share_mean")
+                > m(r, "trained", 1, "position_share_mean")
+            ),
+        )
+        claims["block1_more_positional_than_at_init"] = _count(
+            per_seed,
+            lambda r: (
+                m(r, "trained", 0, "position_share_mean") > m(r, "init", 0, "position_share_mean")
+            ),
+        )
+    for eps in per_seed[0]["trained"]["substep"]:
+        for l in range(L):
+            for state in ("trained", "init"):
+                sub = lambda r, s=state, l=l, e=eps: r[s]["substep"][e][l]  # noqa: E731
+                claims[f"{state}_block{l + 1}_lowers_rc_var_in_every_image_eps{eps}"] = _count(
+                    per_seed, lambda r, sub=sub: sub(r)["attention_lowers_share"] == 1.0
+                )
+                claims[f"{state}_block{l + 1}_lowers_rc_var_on_average_eps{eps}"] = _count(
+                    per_seed, lambda r, sub=sub: sub(r)["attention_change"] < 0
+                )
+    for l in range(L):
+        claims[f"trained_delta_R_rises_block{l + 1}"] = _count(
+            per_seed,
+            lambda r, l=l: (
+                r["trained"]["rates"][l]["out"]["delta_R"]
+                > r["trained"]["rates"][l]["in"]["delta_R"]
+            ),
+        )
+    return out
+
+
+class ClaimFailed(AssertionError):
+    """A claim a chapter makes about a training run does not hold."""
+
+
+def check_claim(holds, claim: str, detail: str = "") -> str:
+    """Raise :class:`ClaimFailed` with a readable message unless ``holds``; else return a line
+    that says the claim was checked (the line itself does not depend on the numbers)."""
+    if not bool(holds):
+        raise ClaimFailed(f"the claim '{claim}' does not hold" + (f": {detail}" if detail else ""))
+    return f"checked: {claim}"
