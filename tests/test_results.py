@@ -65,7 +65,10 @@ def test_tuning_json_chose_on_validation_and_each_model_got_its_best():
             best = min(runs, key=lambda r: r["val_loss"])
         assert (chosen["lr"], chosen["weight_decay"]) == (best["lr"], best["weight_decay"])
         # ... and the seeds were trained with exactly that setting
-        assert _load(name)["setting"] == {"lr": chosen["lr"], "weight_decay": chosen["weight_decay"]}
+        assert _load(name)["setting"] == {
+            "lr": chosen["lr"],
+            "weight_decay": chosen["weight_decay"],
+        }
 
 
 def test_train_defaults_are_the_chosen_tost_setting():
