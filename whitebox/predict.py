@@ -30,7 +30,8 @@ def predict_proba(model, images, batch_size=256, progress=False):
 
     out = []
     starts = range(0, len(images), batch_size)
-    for s in tqdm(starts, disable=not progress, file=sys.stderr, leave=False):
+    quiet = not progress or len(starts) < 8  # a bar only where it takes a while
+    for s in tqdm(starts, disable=quiet, file=sys.stderr, leave=False):
         logits = to_numpy(model.forward(images[s : s + batch_size])).astype(np.float64)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         out.append(e / e.sum(axis=1, keepdims=True))
