@@ -337,3 +337,14 @@ def test_demo_flags_are_range_checked(capsys, flags):
     with pytest.raises(SystemExit) as e:
         demo.main(flags)
     assert e.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
+def test_a_planted_lock_symlink_is_refused_not_followed(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (out / ".lock").symlink_to(victim)
+    code, _, err = run_cli(["--steps", "2", "--out", str(out)], capsys)
+    assert code == 2 and ".lock" in err and "Traceback" not in err
+    assert victim.read_text() == "precious"

@@ -459,7 +459,10 @@ def _lock(out: Path):
         import fcntl
     except ImportError:  # not POSIX: no lock
         return None
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:  # e.g. a planted symlink named .lock
+        raise RuntimeError(f"--out: cannot lock {str(out / '.lock')!r} ({e.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
