@@ -158,7 +158,9 @@ def test_bad_model_config_is_a_checkpoint_error(good, tmp_path, change, message)
      lambda m: m.update(rng_state="PCG64"), lambda m: m.update(perm="0 1 2"),
      lambda m: m["train_config"].update(lr=-1.0), lambda m: m["train_config"].update(bogus=1),
      lambda m: m.update(train_config=[]), lambda m: m["train_config"].update(task=3),
-     lambda m: m.update(step=10**6)],
+     lambda m: m.update(step=10**6), lambda m: m["history"][-1].pop("train_loss"),
+     lambda m: m["history"][0].update(test_accuracy="high"),
+     lambda m: m["train_config"].update(dtype="object")],
 )  # fmt: skip
 def test_malformed_training_state_exits_2_on_resume(good, tmp_path, capsys, change):
     bad = with_meta(good, tmp_path / "bad.npz", change)

@@ -140,6 +140,8 @@ def check_config(cfg: Config) -> Config:
         raise ValueError(f"--task: expected one of {TASKS}, got {cfg.task!r}")
     if cfg.attention not in ("tssa", "softmax"):
         raise ValueError(f"--attention: expected 'tssa' or 'softmax', got {cfg.attention!r}")
+    if cfg.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {cfg.dtype!r}")
     if cfg.device not in ("cpu", "gpu"):
         raise ValueError(f"--device: expected 'cpu' or 'gpu', got {cfg.device!r}")
     for name in RANGES.keys() & Config.__dataclass_fields__.keys():
@@ -404,6 +406,11 @@ def _stored_state(meta, resume) -> Config:
         assert isinstance(step, int) and not isinstance(step, bool) and step >= 1
         assert isinstance(history, list) and history and all(isinstance(h, dict) for h in history)
         assert all(isinstance(h.get("step"), int) for h in history) and history[-1]["step"] == step
+        assert all(
+            isinstance(h.get(k), int | float) and not isinstance(h.get(k), bool)
+            for h in history
+            for k in ("lr", "train_loss", TASK_CLASSES[cfg.task].metric)
+        )
         state = meta["rng_state"]
         assert isinstance(state, dict) and state.get("bit_generator") == "PCG64"
         np.random.default_rng().bit_generator.state = state
