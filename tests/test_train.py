@@ -219,7 +219,7 @@ def test_run_prints_its_configuration_and_stores_it_to_repeat_the_run(tmp_path, 
     first = tmp_path / "first"
     args = ["--steps", "4", "--eval-every", "2", "--depth", "1", "--dim", "16", "--heads", "2",
             "--seed", "3"]  # fmt: skip
-    assert T.main([*args, "--out", str(first)]) == 0
+    assert T.main([*args, "--out", str(first), "--no-progress"]) == 0
     out, err = capsys.readouterr()
     stored = json.loads((first / "config.json").read_text())
     assert stored == asdict(T.make_config(task="digits", steps=4, eval_every=2, depth=1,

@@ -377,7 +377,7 @@ def make_config(**overrides) -> Config:
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_after=None,
-          explicit=None):  # fmt: skip
+          explicit=None, echo_config=None):  # fmt: skip
     """Train according to ``cfg`` with ``cfg.threads`` BLAS threads (see :func:`_train`)."""
     from threadpoolctl import threadpool_limits
 
@@ -385,7 +385,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_af
     # threads, and a multi-threaded BLAS stalls badly when another process holds a core
     # (measured: 13 ms per digits step on one thread, 105 ms on two beside one busy process).
     with threadpool_limits(limits=cfg.threads, user_api="blas"):
-        return _train(cfg, resume, progress, stop_after, explicit)
+        return _train(cfg, resume, progress, stop_after, explicit, echo_config)
 
 
 #: settings a resumed run may change: where and how it runs, not what it computes
@@ -494,14 +494,15 @@ def _print_config(cfg: Config, out: Path) -> None:
 
 
 def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_after=None,
-           explicit=None):  # fmt: skip
+           explicit=None, echo_config=None):  # fmt: skip
     """Train according to ``cfg``; returns the result dict (also printed by ``main``).
 
     ``resume``: a checkpoint to continue from: its stored configuration wins, apart from
     ``device``, ``threads``, ``text_file`` and ``out`` (default: the checkpoint's folder);
     ``explicit``: the settings the user gave (``main`` passes its flags): contradicting the
     checkpoint they are refused, except ``steps``/``epochs``, which train longer.
-    ``progress``: progress bar and the configuration on stderr. ``stop_after``: stop after that
+    ``progress``: a progress bar on stderr; ``echo_config``: the configuration on stderr at
+    the start (default: as ``progress``; the command line always does). ``stop_after``: stop after that
     many evaluations in this call (simulates an interruption; the checkpoint written then
     resumes exactly)."""
     start_time = time.perf_counter()
@@ -551,7 +552,7 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
         raise ValueError(f"--out: cannot create {str(out)!r} ({e.strerror})") from None
     lock = _lock(out)
     try:
-        if progress:
+        if progress if echo_config is None else echo_config:
             _print_config(cfg, out)
         atomic_write(
             out / "config.json", lambda f: f.write(json.dumps(asdict(cfg), indent=1).encode())
@@ -716,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (model.npz); "
                     "--steps/--epochs beyond the stored run train longer")  # fmt: skip
     ap.add_argument("--no-progress", action="store_true",
-                    help="no progress bar and no configuration on stderr")  # fmt: skip
+                    help="no progress bar on stderr")  # fmt: skip
     ap.add_argument(
         "--stop-after",
         type=_flag_type("stop_after"),
@@ -767,7 +768,7 @@ def main(argv=None) -> int:
         cfg = make_config(**overrides)
         result = train(
             cfg, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
-            explicit=set(given),
+            explicit=set(given), echo_config=True,
         )  # fmt: skip
     except (ValueError, RuntimeError) as e:  # bad input, bad checkpoint, no GPU: no traceback
         print(f"error: {e}", file=sys.stderr)
