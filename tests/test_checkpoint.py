@@ -350,3 +350,12 @@ def test_a_planted_lock_symlink_is_refused_not_followed(tmp_path, capsys):
     code, _, err = run_cli(["--steps", "2", "--out", str(out)], capsys)
     assert code == 2 and ".lock" in err and "Traceback" not in err
     assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("bad", [np.array(["a"] * 10), np.full(10, np.nan), np.ones(10) * 1j])
+def test_weights_must_be_finite_floats(good, tmp_path, bad):
+    m = members_of(good)
+    name = next(k for k in m if k.startswith("model/"))
+    m[name] = npy_bytes(bad)
+    with pytest.raises(CheckpointError, match="not finite floating point"):
+        models.load(write_zip(tmp_path / "w.npz", m))

@@ -374,6 +374,9 @@ def load(path, device="cpu"):
     unknown = set(config) - {"model"} - set(inspect.signature(cls).parameters)
     if unknown:
         raise CheckpointError(f"{where} has unknown keys {sorted(unknown)}")
+    for name, w in ckpt["model"].items():
+        if w.dtype.kind != "f" or not np.isfinite(w).all():
+            raise CheckpointError(f"{str(path)!r}: weight {name!r} is not finite floating point")
     # Sizes beyond the number of stored weights cannot be right: refuse before allocating.
     budget = sum(int(v.size) for v in ckpt["model"].values())
     for k, v in config.items():
