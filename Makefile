@@ -1,30 +1,44 @@
 # whitebox: two commands do all set-up on a machine with Python >= 3.11 and pip.
-#   make train   -- create .venv, install, train the default ToST on the digits
-#   make test    -- create .venv, install, run pytest, nbval over every notebook, and ruff
+#   make train   -- create .venv, install the library alone, train the default ToST on the digits
+#   make test    -- create .venv, install the library with [dev], run pytest, nbval and ruff
+# Each target installs only what it needs; a stamp file per extra remembers what is installed.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+STAMP  := $(VENV)/.installed-dev
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
 LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises
 
-.PHONY: all venv train test lint pytest nbval lab notebooks exercises results bench torch demo clean nbval-other-cpu
+.PHONY: all venv venv-lib venv-notebooks train test lint pytest nbval lab notebooks exercises results bench torch demo clean nbval-other-cpu
 
 all: test
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
 
+# the library alone (what it imports), then with the notebooks' extra, then with the dev tools
+$(VENV)/.installed-lib: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-notebooks: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
+	touch $@ $(VENV)/.installed-lib
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed-notebooks $(VENV)/.installed-lib
+
+venv-lib: $(VENV)/.installed-lib
+venv-notebooks: $(VENV)/.installed-notebooks
 venv: $(STAMP)
 
-train: venv
+train: venv-lib
 	$(BIN)/python -m whitebox.train
 
-demo: venv
+demo: venv-lib
 	$(BIN)/python -m whitebox.demo
 
 test: venv lint pytest nbval
@@ -41,8 +55,12 @@ nbval: venv
 	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg $(NOTEBOOKS) $(SOLUTIONS)
 
-lab: venv
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+# JupyterLab at the repository root, opened on the notebooks' index, so that notebooks/ and
+# exercises/ are both reachable. Jupyter refuses to start as root (common in containers and
+# cloud notebooks) unless told --allow-root: pass it only when we are root.
+lab: venv-notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/README.md \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Re-execute every notebook top to bottom in a fresh kernel and commit-ready clean metadata.
 notebooks: venv

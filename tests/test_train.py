@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -200,3 +201,64 @@ def test_default_digits_model_reaches_097(tmp_path):
     """The README's main command: the tuned default ToST reaches >= 0.97 test accuracy."""
     result = T.train(T.make_config(task="digits", out=str(tmp_path)), progress=False)
     assert result["test_accuracy"] >= 0.97
+
+
+def test_help_shows_each_tasks_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        T.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "task default" not in text
+    d, t, s = T.DEFAULTS["digits"], T.DEFAULTS["text"], T.DEFAULTS["subspaces"]
+    assert f"digits {d['epochs']}" in text  # --epochs
+    assert f"text {t['steps']}, subspaces {s['steps']}" in text  # --steps
+    assert f"digits {d['lr']}, text {t['lr']}, subspaces {s['lr']}" in text
+    assert f"digits {d['dim']}, text {t['dim']}, subspaces {s['dim']}" in text
+
+
+def test_run_prints_its_configuration_and_stores_it_to_repeat_the_run(tmp_path, capsys):
+    first = tmp_path / "first"
+    args = ["--steps", "4", "--eval-every", "2", "--depth", "1", "--dim", "16", "--heads", "2",
+            "--seed", "3"]  # fmt: skip
+    assert T.main([*args, "--out", str(first), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    stored = json.loads((first / "config.json").read_text())
+    assert stored == asdict(T.make_config(task="digits", steps=4, eval_every=2, depth=1,
+                                          dim=16, heads=2, seed=3, out=str(first)))  # fmt: skip
+    for key, value in stored.items():  # every setting, on stderr, before the first evaluation
+        assert f"{key} = {value!r}" in err
+    assert err.index("config:") < err.index("lr = ")
+    again = tmp_path / "again"
+    assert (
+        T.main(["--config", str(first / "config.json"), "--out", str(again), "--no-progress"]) == 0
+    )
+    capsys.readouterr()
+    assert (again / "metrics.jsonl").read_text() == (first / "metrics.jsonl").read_text()
+
+
+def test_resume_from_another_folder_writes_beside_the_checkpoint(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    cfg = T.make_config(task="digits", steps=4, eval_every=2, out=str(run), **TINY)
+    ck = T.train(cfg, progress=False, stop_after=1)["checkpoint"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli(["--resume", ck], capsys)
+    assert code == 0, err
+    assert list(elsewhere.iterdir()) == []  # no runs/ in the current folder
+    assert json.loads(out.splitlines()[-1])["checkpoint"] == ck
+
+
+def test_curves_show_the_learning_rate_schedule(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    figures = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self) or real(self, *a, **k))  # fmt: skip
+    history = [{"step": s, "lr": 0.01 * s, "train_loss": 1.0, "test_loss": 1.0,
+                "test_accuracy": 0.5} for s in (1, 2, 3)]  # fmt: skip
+    T.plot_curves(history, tmp_path / "curves.png")
+    labels = [ax.get_ylabel() for ax in figures[0].axes]
+    assert "learning rate" in labels and "test accuracy" in labels
+    lr_ax = figures[0].axes[labels.index("learning rate")]
+    np.testing.assert_allclose(lr_ax.lines[0].get_ydata(), [0.01, 0.02, 0.03])
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

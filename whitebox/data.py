@@ -1,6 +1,7 @@
-"""Synthetic data: tokens drawn from a mixture of K random low-dimensional subspaces.
+"""Data: tokens drawn from a mixture of K random low-dimensional subspaces; the real digits
+and text that ``whitebox.train`` uses, with their preprocessing.
 
-This is the setting in which the white-box derivation is exact: each group of tokens lives
+The mixture is the setting in which the white-box derivation is exact: each group of tokens lives
 (up to noise) in its own p-dimensional subspace, spanned by an orthonormal basis U_k, so the
 "true" bases and memberships are known and every layer can be checked against them.
 """
@@ -8,10 +9,14 @@ This is the setting in which the white-box derivation is exact: each group of to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SubspaceMixture", "random_orthonormal_bases", "subspace_mixture"]
+__all__ = [
+    "CharCodec", "SubspaceMixture", "digits_normalization", "load_digits_split", "load_text",
+    "normalize_images", "random_orthonormal_bases", "random_shift", "subspace_mixture",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,106 @@ def subspace_mixture(
     Z, labels = Z[:, perm], labels[perm]
     Pi = np.eye(K)[labels]  # (n, K)
     return SubspaceMixture(Z=Z.astype(dtype), labels=labels, U=U.astype(dtype), Pi=Pi.astype(dtype))
+
+
+# --------------------------------------------------------------------------- real data
+# The data-specific preprocessing lives here, next to the data; a trained model carries what it
+# needs of it in its config (the digits' normalization, the text's vocabulary).
+
+DIGITS_MAX = 16.0  #: the digits' pixel scale: integers 0..16 (``sklearn.datasets.load_digits``)
+
+
+#: Share of the training data held out as the validation split of ``--holdout`` (tuning).
+HOLDOUT_SHARE = 0.2
+
+
+def load_digits_split(test_size: float = 0.25, split_seed: int = 0, holdout: bool = False):
+    """The scikit-learn digits as raw images (N, 1, 8, 8) float32 in the dataset's 0..16 scale,
+    split stratified and seeded: (Xtr, ytr, Xte, yte). A model trained by ``whitebox.train``
+    normalizes its input itself (see :func:`digits_normalization`), so feed it these raw images.
+    The split does not depend on the training seed: every run is tested on the same 450 images.
+    ``holdout=True`` returns (train, validation) instead of (train, test): the validation split
+    is a stratified ``HOLDOUT_SHARE`` of the training images (the test images are not touched),
+    for choosing hyperparameters without looking at the test set."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)  # (1797, 64) in 0..16, (1797,)
+    X = X.reshape(-1, 1, 8, 8).astype(np.float32)
+    Xtr, Xte, ytr, yte = train_test_split(
+        X, y, test_size=test_size, stratify=y, random_state=split_seed
+    )
+    if holdout:
+        Xtr, Xte, ytr, yte = train_test_split(
+            Xtr, ytr, test_size=HOLDOUT_SHARE, stratify=ytr, random_state=split_seed
+        )
+    return Xtr, ytr.astype(np.int64), Xte, yte.astype(np.int64)
+
+
+def digits_normalization(Xtr) -> dict:
+    """{"scale", "mean", "std"} of raw training images: x -> (x / scale - mean) / std maps them
+    to zero mean and unit variance (mean and std of x / scale over the whole training set)."""
+    x = np.asarray(Xtr, dtype=np.float32) / np.float32(DIGITS_MAX)
+    return {"scale": DIGITS_MAX, "mean": float(x.mean()), "std": float(x.std())}
+
+
+def normalize_images(x, norm):
+    """(x / scale - mean) / std in x's floating dtype (NumPy or CuPy); ``norm`` as returned by
+    :func:`digits_normalization`."""
+    t = x.dtype.type
+    return (x / t(norm["scale"]) - t(norm["mean"])) / t(norm["std"])
+
+
+def random_shift(x, rng, max_shift: int = 1):
+    """Shift each image (B, C, H, W) by up to ``max_shift`` pixels in each direction, padding
+    with the background value (the batch's minimum): cheap augmentation for 8 x 8 digits."""
+    B, C, H, W = x.shape
+    padded = np.full((B, C, H + 2 * max_shift, W + 2 * max_shift), x.min(), dtype=x.dtype)
+    padded[:, :, max_shift : max_shift + H, max_shift : max_shift + W] = x
+    dy = rng.integers(0, 2 * max_shift + 1, size=B)
+    dx = rng.integers(0, 2 * max_shift + 1, size=B)
+    rows = dy[:, None] + np.arange(H)[None, :]  # (B, H)
+    cols = dx[:, None] + np.arange(W)[None, :]  # (B, W)
+    b = np.arange(B)[:, None, None]
+    return padded[b, :, rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2)
+
+
+def load_text(path=None) -> str:
+    """The training text: ``path`` read as UTF-8, or CPython's ``pydoc_data.topics``."""
+    if path is None:
+        from pydoc_data.topics import topics
+
+        return "".join(topics[k] for k in sorted(topics))
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--text-file: {str(path)!r} does not exist or is not a file")
+    raw = p.read_bytes()
+    if not raw.strip():
+        raise ValueError(f"--text-file: {str(path)!r} is empty")
+    if b"\x00" in raw:
+        raise ValueError(f"--text-file: {str(path)!r} looks binary (it contains NUL bytes)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--text-file: {str(path)!r} is not UTF-8 text ({e})") from None
+
+
+class CharCodec:
+    """Characters <-> integer ids over a vocabulary (the sorted set of characters of a text)."""
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        if len(self.index) != len(self.chars) or not all(
+            isinstance(c, str) and len(c) == 1 for c in self.chars
+        ):
+            raise ValueError("chars: expected distinct single characters")
+
+    def encode(self, s: str) -> np.ndarray:
+        unknown = sorted(set(s) - self.index.keys())
+        if unknown:
+            raise ValueError(f"text: characters outside the vocabulary: {''.join(unknown)!r}")
+        return np.fromiter((self.index[c] for c in s), dtype=np.int64, count=len(s))
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)

@@ -94,10 +94,24 @@ def run_demo(
 
 
 def main(argv=None):
+    def at_least_zero(kind):
+        def parse(text):
+            try:
+                v = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected {kind.__name__}, got {text!r}"
+                ) from None
+            if not np.isfinite(v) or v < 0:
+                raise argparse.ArgumentTypeError(f"expected a finite value >= 0, got {text}")
+            return v
+
+        return parse
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10, help="number of TSSA steps")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic mixture")
-    ap.add_argument("--noise", type=float, default=0.2, help="noise level of the mixture")
+    ap.add_argument("--steps", type=at_least_zero(int), default=10, help="number of TSSA steps")
+    ap.add_argument("--seed", type=at_least_zero(int), default=0, help="seed of the mixture")
+    ap.add_argument("--noise", type=at_least_zero(float), default=0.2, help="noise level (>= 0)")
     args = ap.parse_args(argv)
     result = run_demo(steps=args.steps, seed=args.seed, noise=args.noise)
     summary = {k: v for k, v in result.items() if k != "history"}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_array_module, to_numpy
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import CharCodec, normalize_images
 from .nn import (
     INIT_STD,
     Block,
@@ -52,6 +54,10 @@ class ToSTClassifier(Module):
     Children: 'patch_embed' (Linear C p^2 -> D), 'blocks.{l}', 'norm' (LayerNorm), 'head';
     params: 'pos_embed' (1, N[+1], D), and 'cls_token' (1, 1, D) with ``pool="cls"``.
 
+    ``input_norm={"scale", "mean", "std"}`` (``whitebox.data.digits_normalization``; stored in
+    the config, hence in every checkpoint) makes the model take raw images and apply
+    x -> (x / scale - mean) / std first; ``None`` (the default) feeds x as it is.
+
     White-box access: ``forward(x, return_intermediates=True)`` returns ``(logits, inter)`` with
     ``inter["tokens"]`` = [Z_0, ..., Z_L] (each (B, N, D), NumPy/CuPy as the input) and
     ``inter["pi"]`` = [Pi of block l (B, H, N)] for TSSA (``None`` entries for softmax
@@ -61,9 +67,18 @@ class ToSTClassifier(Module):
     def __init__(
         self, image_size=8, patch_size=2, in_chans=1, num_classes=10, dim=32, depth=2,
         num_heads=4, mlp_ratio=4, attention="tssa", pool="mean", layer_scale_init=1.0,
-        dtype="float32", seed=0,
+        dtype="float32", seed=0, input_norm=None,
     ):  # fmt: skip
         super().__init__()
+        if input_norm is not None and (
+            not isinstance(input_norm, dict)
+            or set(input_norm) != {"scale", "mean", "std"}
+            or not all(np.isfinite(float(v)) for v in input_norm.values())
+            or not (input_norm["scale"] > 0 and input_norm["std"] > 0)
+        ):
+            raise ValueError(
+                f"input_norm: expected finite scale > 0, mean, std > 0; got {input_norm!r}"
+            )
         if image_size % patch_size:
             raise ValueError(
                 f"patch_size: image_size={image_size} must be divisible by patch_size={patch_size}"
@@ -75,9 +90,10 @@ class ToSTClassifier(Module):
             model="classifier", image_size=image_size, patch_size=patch_size,
             in_chans=in_chans, num_classes=num_classes, dim=dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, attention=attention, pool=pool,
-            layer_scale_init=layer_scale_init, dtype=dtype.name, seed=seed,
+            layer_scale_init=layer_scale_init, dtype=dtype.name, seed=seed, input_norm=input_norm,
         )  # fmt: skip
         rng = np.random.default_rng(seed)
+        self.input_norm = input_norm  # applied first: raw pixels -> (x / scale - mean) / std
         self.image_size, self.patch_size, self.in_chans = image_size, patch_size, in_chans
         self.dim, self.pool = dim, pool
         self.num_patches = (image_size // patch_size) ** 2
@@ -119,6 +135,8 @@ class ToSTClassifier(Module):
         xp = get_array_module(self.params["pos_embed"])
         self._in_shape = shape
         x = xp.asarray(x, dtype=self.dtype)
+        if self.input_norm is not None:  # a trained model takes raw images (e.g. digits 0..16)
+            x = normalize_images(x, self.input_norm)
         z = self.patch_embed.forward(self._patchify(x))  # (B, N, D)
         if self.pool == "cls":
             cls = xp.broadcast_to(self.params["cls_token"], (z.shape[0], 1, self.dim))
@@ -148,6 +166,8 @@ class ToSTClassifier(Module):
             dz = dz[:, 1:]
         self.grads = grads
         dx = self._unpatchify(self.patch_embed.backward(dz))
+        if self.input_norm is not None:
+            dx = dx / dx.dtype.type(self.input_norm["scale"] * self.input_norm["std"])
         return dx.reshape(self._in_shape)
 
 
@@ -209,18 +229,36 @@ class ToSTLanguageModel(Module):
     The output head is tied to the token embedding, so ``backward`` adds the head's gradient
     (dlogits^T LN_f(Z_L)) to the embedding's scatter-add gradient in ``wte.weight``.
     Children: 'wte', 'wpe' (Embedding), 'blocks.{l}' (``nn.Block`` with CausalTSSA), 'ln_f'.
-    Init as nanoGPT: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer))."""
+    Init as nanoGPT: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer)).
+    ``vocab`` (a string of ``vocab_size`` distinct characters, stored in the config and so in
+    every checkpoint) gives ``encode(text) -> ids`` and ``decode(ids) -> text``."""
+
+    def encode(self, text):
+        """text -> (T,) int64 ids through the stored vocabulary."""
+        if self.codec is None:
+            raise ValueError("this model stores no vocabulary (built without vocab=)")
+        return self.codec.encode(text)
+
+    def decode(self, ids):
+        """ids -> text through the stored vocabulary."""
+        if self.codec is None:
+            raise ValueError("this model stores no vocabulary (built without vocab=)")
+        return self.codec.decode(ids)
 
     def __init__(
         self, vocab_size, block_size, n_layer=2, n_head=2, n_embd=32, attention="tssa",
-        mlp_ratio=4, layer_scale_init=1.0, dtype="float32", seed=0,
+        mlp_ratio=4, layer_scale_init=1.0, dtype="float32", seed=0, vocab=None,
     ):  # fmt: skip
         super().__init__()
+        self.codec = None if vocab is None else CharCodec(vocab)
+        if vocab is not None and len(vocab) != vocab_size:
+            raise ValueError(f"vocab: {len(vocab)} characters for vocab_size={vocab_size}")
         dtype = np.dtype(dtype)
         self.config = dict(
             model="language_model", vocab_size=vocab_size, block_size=block_size,
             n_layer=n_layer, n_head=n_head, n_embd=n_embd, attention=attention,
             mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, dtype=dtype.name, seed=seed,
+            vocab=vocab,
         )  # fmt: skip
         rng = np.random.default_rng(seed)
         self.vocab_size, self.block_size, self.n_embd = vocab_size, block_size, n_embd
@@ -319,9 +357,38 @@ def build(config):
 
 def load(path, device="cpu"):
     """The trained model stored in the checkpoint ``path`` (written by ``whitebox.train``),
-    ready for notebooks: ``model = whitebox.models.load("runs/digits-tssa/model.npz")``.
+    ready to use: ``model = whitebox.models.load("runs/digits-tssa/model.npz")``. A digits
+    model takes raw 8 x 8 images in the dataset's 0..16 scale; a text model has
+    ``encode``/``decode`` over its stored vocabulary.
 
-    Raises ``ValueError`` for a missing, truncated or foreign file."""
-    from .checkpoint import load_model
+    Raises ``CheckpointError`` (a ``ValueError``) for a missing, truncated, foreign or
+    inconsistent file."""
+    import inspect
 
-    return load_model(path, device)
+    ckpt = load_checkpoint(path)
+    config = ckpt["meta"].get("model_config")
+    where = f"{str(path)!r}: model_config"
+    if not isinstance(config, dict) or config.get("model") not in MODELS:
+        raise CheckpointError(f"{where} names no known model (expected one of {sorted(MODELS)})")
+    cls = MODELS[config["model"]]
+    unknown = set(config) - {"model"} - set(inspect.signature(cls).parameters)
+    if unknown:
+        raise CheckpointError(f"{where} has unknown keys {sorted(unknown)}")
+    for name, w in ckpt["model"].items():
+        if w.dtype.kind != "f" or not np.isfinite(w).all():
+            raise CheckpointError(f"{str(path)!r}: weight {name!r} is not finite floating point")
+    # Sizes beyond the number of stored weights cannot be right: refuse before allocating.
+    budget = sum(int(v.size) for v in ckpt["model"].values())
+    for k, v in config.items():
+        if isinstance(v, bool) or not isinstance(v, int | float | str | dict | list | None):
+            raise CheckpointError(f"{where}[{k!r}] has an unexpected type")
+        if isinstance(v, int) and k != "seed" and not 0 < v <= max(budget, 1):
+            raise CheckpointError(f"{where}[{k!r}] = {v} does not fit {budget} stored weights")
+    try:
+        model = build(config)
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, TypeError, KeyError, MemoryError, OverflowError) as e:
+        raise CheckpointError(
+            f"{str(path)!r}: weights do not fit the stored config ({e})"
+        ) from None
+    return model.to(device) if device != "cpu" else model

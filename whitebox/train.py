@@ -16,16 +16,21 @@ Tasks (nothing is downloaded):
   each token is classified into its group, and after training we report how well every
   layer's membership Pi (argmax over heads) recovers the true groups.
 
-stdout holds short per-evaluation lines and, last, one JSON line with the result; the progress
-bar goes to stderr. ``--out`` receives ``model.npz`` (checkpoint, written atomically after every
-evaluation), ``metrics.jsonl`` and ``curves.png``. Same seed, same machine: same metrics.
+stdout holds short per-evaluation lines and, last, one JSON line with the result; the full
+configuration (at the start) and the progress bar go to stderr. The run folder (``--out``;
+default ``runs/TASK-ATTENTION``, or the checkpoint's folder with ``--resume``) receives
+``config.json`` (the configuration: ``--config config.json`` repeats the run), ``model.npz``
+(checkpoint, written atomically after every evaluation), ``metrics.jsonl`` and ``curves.png``.
+Same seed, same machine: same metrics.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -35,9 +40,20 @@ import numpy as np
 
 from . import nn
 from .backend import device_module, to_numpy
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import random_orthonormal_bases
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .data import (  # re-exported: notebooks import them from here
+    HOLDOUT_SHARE,
+    CharCodec,
+    digits_normalization,
+    load_digits_split,
+    load_text,
+    random_orthonormal_bases,
+    random_shift,
+)
 from .models import build
+
+__all__ = ["CharCodec", "Config", "load_digits_split", "load_text", "make_config",
+           "random_shift", "train"]  # fmt: skip
 
 TASKS = ("digits", "text", "subspaces")
 
@@ -90,84 +106,52 @@ class Config:
     holdout: bool = False
 
 
-# --------------------------------------------------------------------------- data
+#: the range of every numeric setting: (type, lowest, lowest allowed?, highest or None)
+RANGES = {
+    "depth": (int, 1, True, None), "dim": (int, 1, True, None), "heads": (int, 1, True, None),
+    "epochs": (int, 1, True, None), "steps": (int, 1, True, None),
+    "batch_size": (int, 1, True, None), "block_size": (int, 1, True, None),
+    "eval_every": (int, 1, True, None), "threads": (int, 1, True, None),
+    "patch_size": (int, 1, True, None), "warmup": (int, 0, True, None),
+    "seed": (int, 0, True, None), "lr": (float, 0.0, False, None),
+    "clip": (float, 0.0, False, None), "weight_decay": (float, 0.0, True, None),
+    "stop_after": (int, 1, True, None),
+    "label_smoothing": (float, 0.0, True, 1.0),
+}  # fmt: skip
 
 
-#: Share of the training data held out as the validation split of ``--holdout`` (tuning).
-HOLDOUT_SHARE = 0.2
+def check_value(name: str, value):
+    """``value`` of the setting ``name`` checked against :data:`RANGES`; returns it (a ValueError
+    naming the flag otherwise). ``None`` (the task's default) passes."""
+    if value is None or name not in RANGES:
+        return value
+    kind, lo, lo_ok, hi = RANGES[name]
+    flag = "--" + name.replace("_", "-")
+    what = f"{'an integer' if kind is int else 'a finite number'} {'>=' if lo_ok else '>'} {lo}"
+    what += f" and < {hi}" if hi is not None else ""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (kind is float or float(value).is_integer()) and math.isfinite(value)
+    ok = ok and (value >= lo if lo_ok else value > lo) and (hi is None or value < hi)
+    if not ok:
+        raise ValueError(f"{flag}: expected {what}, got {value!r}")
+    return kind(value)
 
 
-def load_digits_split(test_size: float = 0.25, split_seed: int = 0, holdout: bool = False):
-    """The scikit-learn digits as images (N, 1, 8, 8) in [0, 1], split stratified and seeded.
-
-    The split does not depend on the training seed: every run is tested on the same 450 images.
-    ``holdout=True`` returns (train, validation) instead of (train, test): the validation split
-    is a stratified ``HOLDOUT_SHARE`` of the training images (the test images are not touched),
-    for choosing hyperparameters without looking at the test set."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)  # (1797, 64) in 0..16, (1797,)
-    X = (X / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
-    Xtr, Xte, ytr, yte = train_test_split(
-        X, y, test_size=test_size, stratify=y, random_state=split_seed
-    )
-    if holdout:
-        Xtr, Xte, ytr, yte = train_test_split(
-            Xtr, ytr, test_size=HOLDOUT_SHARE, stratify=ytr, random_state=split_seed
-        )
-    mean, std = float(Xtr.mean()), float(Xtr.std())
-    return (Xtr - mean) / std, ytr.astype(np.int64), (Xte - mean) / std, yte.astype(np.int64)
-
-
-def random_shift(x, rng, max_shift: int = 1):
-    """Shift each image by up to ``max_shift`` pixels in each direction (zero padding in raw
-    pixel space, i.e. the background value): cheap augmentation for 8 x 8 digits."""
-    B, C, H, W = x.shape
-    bg = x.min()
-    padded = np.full((B, C, H + 2 * max_shift, W + 2 * max_shift), bg, dtype=x.dtype)
-    padded[:, :, max_shift : max_shift + H, max_shift : max_shift + W] = x
-    dy = rng.integers(0, 2 * max_shift + 1, size=B)
-    dx = rng.integers(0, 2 * max_shift + 1, size=B)
-    rows = dy[:, None] + np.arange(H)[None, :]  # (B, H)
-    cols = dx[:, None] + np.arange(W)[None, :]  # (B, W)
-    b = np.arange(B)[:, None, None]
-    return padded[b, :, rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2)
-
-
-def load_text(path: str | None = None) -> str:
-    """The training text: ``path`` read as UTF-8, or CPython's ``pydoc_data.topics``."""
-    if path is None:
-        from pydoc_data.topics import topics
-
-        return "".join(topics[k] for k in sorted(topics))
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--text-file: {path!r} does not exist or is not a file")
-    raw = p.read_bytes()
-    if not raw.strip():
-        raise ValueError(f"--text-file: {path!r} is empty")
-    if b"\x00" in raw:
-        raise ValueError(f"--text-file: {path!r} looks binary (it contains NUL bytes)")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--text-file: {path!r} is not UTF-8 text ({e})") from None
-    return text
-
-
-class CharCodec:
-    """Characters <-> integer ids over the sorted set of characters of a text."""
-
-    def __init__(self, chars):
-        self.chars = list(chars)
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    def encode(self, s: str) -> np.ndarray:
-        return np.fromiter((self.index[c] for c in s), dtype=np.int64, count=len(s))
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+def check_config(cfg: Config) -> Config:
+    """Every setting of ``cfg`` in its range (a ValueError naming the flag otherwise)."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"--task: expected one of {TASKS}, got {cfg.task!r}")
+    if cfg.attention not in ("tssa", "softmax"):
+        raise ValueError(f"--attention: expected 'tssa' or 'softmax', got {cfg.attention!r}")
+    if cfg.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {cfg.dtype!r}")
+    if cfg.device not in ("cpu", "gpu"):
+        raise ValueError(f"--device: expected 'cpu' or 'gpu', got {cfg.device!r}")
+    for name in RANGES.keys() & Config.__dataclass_fields__.keys():
+        check_value(name, getattr(cfg, name))
+    if cfg.dim % cfg.heads:
+        raise ValueError(f"--dim ({cfg.dim}) must be divisible by --heads ({cfg.heads})")
+    return cfg
 
 
 # --------------------------------------------------------------------------- tasks
@@ -181,7 +165,9 @@ class DigitsTask:
         self.cfg = cfg
         self.split = "val" if cfg.holdout else "test"
         self.metric = f"{self.split}_accuracy"
+        # raw, 0..16; with holdout the second pair is the validation split
         self.Xtr, self.ytr, self.Xte, self.yte = load_digits_split(holdout=cfg.holdout)
+        self.norm = digits_normalization(self.Xtr)  # the model applies it (in its config)
         self.steps_per_epoch = math.ceil(len(self.Xtr) / cfg.batch_size)
         self.total_steps = cfg.steps or (cfg.epochs or 30) * self.steps_per_epoch
         self.eval_every = cfg.eval_every or self.steps_per_epoch
@@ -192,7 +178,7 @@ class DigitsTask:
         return dict(
             model="classifier", image_size=8, patch_size=c.patch_size, in_chans=1,
             num_classes=10, dim=c.dim, depth=c.depth, num_heads=c.heads,
-            attention=c.attention, dtype=c.dtype, seed=c.seed,
+            attention=c.attention, dtype=c.dtype, seed=c.seed, input_norm=self.norm,
         )  # fmt: skip
 
     def batch(self, step, rng):
@@ -235,6 +221,7 @@ class TextTask:
                 f"{4 * (cfg.block_size + 1)} for block size {cfg.block_size}"
             )
         self.codec = CharCodec(sorted(set(text)))
+        self.text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
         self.prompt = "\n" if "\n" in self.codec.index else text[0]  # start samples at a line
         data = self.codec.encode(text)
         split = int(0.9 * len(data))
@@ -254,7 +241,7 @@ class TextTask:
         return dict(
             model="language_model", vocab_size=len(self.codec.chars), block_size=c.block_size,
             n_layer=c.depth, n_head=c.heads, n_embd=c.dim, attention=c.attention,
-            dtype=c.dtype, seed=c.seed,
+            dtype=c.dtype, seed=c.seed, vocab="".join(self.codec.chars),
         )  # fmt: skip
 
     def _windows(self, data, starts):
@@ -357,51 +344,53 @@ def _set_rng_state(rng, state) -> None:
 
 
 def plot_curves(history, path, title=""):
-    """Loss (train and evaluation) and the task's metric against the step, to a PNG."""
+    """Loss (train and evaluation), the task's accuracy (if any) and the learning-rate schedule
+    against the step, to a PNG (written atomically)."""
     # a bare Figure (no pyplot): works headless and leaves a notebook's backend alone
     from matplotlib.figure import Figure
 
     steps = [h["step"] for h in history]
-    fig = Figure(figsize=(9, 3.4))
-    axes = fig.subplots(1, 2)
+    acc = next((k for k in ("test_accuracy", "val_accuracy") if k in history[0]), None)
+    has_acc = acc is not None
+    fig = Figure(figsize=(13 if has_acc else 9, 3.4))
+    axes = fig.subplots(1, 3 if has_acc else 2)
     axes[0].plot(steps, [h["train_loss"] for h in history], label="train")
     for key in ("test_loss", "val_loss"):
         if key in history[0]:
             axes[0].plot(steps, [h[key] for h in history], label=key.split("_")[0])
-    axes[0].set_xlabel("step")
     axes[0].set_ylabel("cross-entropy (nats)")
     axes[0].legend()
     axes[0].set_title("loss")
-    acc = next((k for k in ("test_accuracy", "val_accuracy") if k in history[0]), None)
-    if acc is not None:
+    if has_acc:
         axes[1].plot(steps, [h[acc] for h in history], color="C2")
         axes[1].set_ylabel(acc.replace("_", " "))
         axes[1].set_title("accuracy")
-    else:
-        axes[1].plot(steps, [h["lr"] for h in history], color="C3")
-        axes[1].set_ylabel("learning rate")
-        axes[1].set_title("schedule")
-    axes[1].set_xlabel("step")
+    axes[-1].plot(steps, [h["lr"] for h in history], color="C3", marker=".")
+    axes[-1].set_ylabel("learning rate")
+    axes[-1].set_title("schedule (lr at each evaluation)")
+    for ax in axes:
+        ax.set_xlabel("step")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def make_config(**overrides) -> Config:
-    """A :class:`Config` with the task's tuned defaults, then ``overrides``."""
-    task = overrides.get("task", "digits")
+    """A :class:`Config` with the task's tuned defaults, then ``overrides`` (checked)."""
+    task = overrides.get("task") or "digits"
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    values = dict(DEFAULTS[task])
+        raise ValueError(f"--task: expected one of {TASKS}, got {task!r}")
+    values = dict(DEFAULTS[task], task=task)
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = set(Config.__dataclass_fields__)
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
-    return Config(**values)
+    return check_config(Config(**values))
 
 
-def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_after=None):
+def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_after=None,
+          explicit=None, echo_config=None):  # fmt: skip
     """Train according to ``cfg`` with ``cfg.threads`` BLAS threads (see :func:`_train`)."""
     from threadpoolctl import threadpool_limits
 
@@ -409,27 +398,133 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_af
     # threads, and a multi-threaded BLAS stalls badly when another process holds a core
     # (measured: 13 ms per digits step on one thread, 105 ms on two beside one busy process).
     with threadpool_limits(limits=cfg.threads, user_api="blas"):
-        return _train(cfg, resume, progress, stop_after)
+        return _train(cfg, resume, progress, stop_after, explicit, echo_config)
 
 
-def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_after=None):
+#: settings a resumed run may change: where and how it runs, not what it computes
+RESUME_FREE = {"device", "threads", "out", "text_file"}
+
+
+def _stored_state(meta, resume) -> Config:
+    """The training state in a checkpoint's metadata, checked (CheckpointError otherwise)."""
+    where = f"{str(resume)!r}"
+    stored = meta.get("train_config")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{where} holds no training state (not from whitebox.train)")
+    try:
+        cfg = check_config(Config(**stored))
+        assert all(isinstance(getattr(cfg, k), str) for k in ("task", "attention", "dtype"))
+        assert isinstance(cfg.text_file, str | None) and isinstance(cfg.out, str | None)
+        step, history = meta["step"], meta["history"]
+        assert isinstance(step, int) and not isinstance(step, bool) and step >= 1
+        assert isinstance(history, list) and history and all(isinstance(h, dict) for h in history)
+        assert all(isinstance(h.get("step"), int) for h in history) and history[-1]["step"] == step
+        assert all(
+            isinstance(h.get(k), int | float) and not isinstance(h.get(k), bool)
+            for h in history
+            for k in ("lr", "train_loss", TASK_CLASSES[cfg.task].metric)
+        )
+        state = meta["rng_state"]
+        assert isinstance(state, dict) and state.get("bit_generator") == "PCG64"
+        np.random.default_rng().bit_generator.state = state
+        perm = meta.get("perm")
+        assert perm is None or (isinstance(perm, list) and all(type(i) is int for i in perm))
+        assert (
+            isinstance(meta.get("total_steps", step), int) and meta.get("total_steps", step) >= step
+        )
+    except (TypeError, ValueError, KeyError, AssertionError, AttributeError) as e:
+        raise CheckpointError(f"{where}: malformed training state in the metadata ({e})") from None
+    return cfg
+
+
+def _resume_config(meta, resume, cfg: Config, explicit):
+    """The configuration to continue a checkpoint with: the stored one, with where/how it runs
+    from ``cfg`` and the output beside the checkpoint unless ``cfg.out``. Flags in ``explicit``
+    (the names the user gave) that contradict it are refused, except ``steps``/``epochs``, which
+    train longer. Returns (config, "longer" or None)."""
+    stored = _stored_state(meta, resume)
+    new = asdict(stored)
+    new.update(device=cfg.device, threads=cfg.threads, text_file=cfg.text_file)
+    new["out"] = cfg.out or str(Path(resume).parent)  # never where the checkpoint says
+    conflicts, longer = [], None
+    for k in sorted(set(explicit or ()) - RESUME_FREE):
+        v, old = getattr(cfg, k), getattr(stored, k)
+        if v == old:
+            continue
+        if k in ("steps", "epochs"):
+            longer = k
+            new[k] = v
+            if k == "epochs" and stored.steps is not None and "steps" not in (explicit or ()):
+                new["steps"] = None
+            continue
+        conflicts.append(f"--{k.replace('_', '-')} {v} (the checkpoint's run has {old})")
+    if conflicts:
+        raise ValueError(
+            "--resume: these flags contradict the checkpoint's configuration: "
+            + "; ".join(conflicts)
+            + ". Drop them to continue the stored run, or start a new one."
+        )
+    if stored.task == "text" and stored.text_file is not None and cfg.text_file is None:
+        raise ValueError(
+            "--resume: this text run was trained on a file of your own; name it again with "
+            "--text-file (the path stored in the checkpoint is never opened)"
+        )
+    return Config(**new), longer
+
+
+def _lock(out: Path):
+    """Hold an exclusive lock on ``out`` for the run (released when the process ends, even
+    when it is killed); a second training into the same folder is refused."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    try:
+        fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:  # e.g. a planted symlink named .lock
+        raise RuntimeError(f"--out: cannot lock {str(out / '.lock')!r} ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RuntimeError(
+            f"--out: another training is writing into {str(out)!r}; wait for it to finish or "
+            "choose another --out"
+        ) from None
+    return fd
+
+
+def _unlock(fd) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _print_config(cfg: Config, out: Path) -> None:
+    print("config:", file=sys.stderr)
+    for k, v in asdict(cfg).items():
+        print(f"  {k} = {v!r}", file=sys.stderr)
+    print(f"  (written to {str(out / 'config.json')!r})", file=sys.stderr)
+
+
+def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_after=None,
+           explicit=None, echo_config=None):  # fmt: skip
     """Train according to ``cfg``; returns the result dict (also printed by ``main``).
 
-    ``resume``: a checkpoint to continue from (its stored configuration wins, apart from
-    ``device`` and ``out``). ``stop_after``: stop after that many evaluations in this call
-    (simulates an interruption; the checkpoint written then resumes exactly)."""
+    ``resume``: a checkpoint to continue from: its stored configuration wins, apart from
+    ``device``, ``threads``, ``text_file`` and ``out`` (default: the checkpoint's folder);
+    ``explicit``: the settings the user gave (``main`` passes its flags): contradicting the
+    checkpoint they are refused, except ``steps``/``epochs``, which train longer.
+    ``progress``: a progress bar on stderr; ``echo_config``: the configuration on stderr at
+    the start (default: as ``progress``; the command line always does). ``stop_after``: stop after that
+    many evaluations in this call (simulates an interruption; the checkpoint written then
+    resumes exactly)."""
     start_time = time.perf_counter()
-    ckpt = None
+    ckpt, longer = None, None
+    check_config(cfg)
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        stored = ckpt["meta"].get("train_config")
-        if not isinstance(stored, dict):
-            raise CheckpointError(f"{resume!r} holds no training state (not from whitebox.train)")
-        stored.update(device=cfg.device, out=cfg.out or stored.get("out"), threads=cfg.threads)
-        cfg = Config(**stored)
+        cfg, longer = _resume_config(ckpt["meta"], resume, cfg, explicit)
     xp = device_module(cfg.device)
-    if cfg.heads < 1 or cfg.dim % cfg.heads:
-        raise ValueError(f"--dim ({cfg.dim}) must be divisible by --heads ({cfg.heads})")
     task = TASK_CLASSES[cfg.task](cfg)
     model = build(task.model_config())
     if cfg.device != "cpu":
@@ -437,18 +532,53 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
     opt = nn.AdamW(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed + 1)  # data order and augmentation
     history, step = [], 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optim"])
-        _set_rng_state(rng, ckpt["meta"]["rng_state"])
-        history, step = ckpt["meta"]["history"], ckpt["meta"]["step"]
-        if hasattr(task, "perm"):
-            task.perm = None if ckpt["meta"].get("perm") is None else np.array(ckpt["meta"]["perm"])
-    out = Path(cfg.out or f"runs/{cfg.task}-{cfg.attention}")
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "model.npz"
     total = task.total_steps
+    if ckpt is not None:
+        meta = ckpt["meta"]
+        if cfg.task == "text" and meta.get("text_sha256") != task.text_sha256:
+            raise ValueError(
+                "--text-file: this is not the text the checkpoint was trained on (its SHA-256 "
+                "differs); resume with the same text"
+            )
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optim"])
+        except ValueError as e:
+            raise CheckpointError(f"{str(resume)!r}: state does not fit its config ({e})") from None
+        _set_rng_state(rng, meta["rng_state"])
+        history, step = meta["history"], meta["step"]
+        if hasattr(task, "perm"):
+            task.perm = None if meta.get("perm") is None else np.array(meta["perm"])
+        before = meta.get("total_steps", step)
+        if longer and total <= step:
+            raise ValueError(
+                f"--{longer}: the checkpoint is at step {step}; to train longer ask for more "
+                f"than that (this asks for {total} steps in all)"
+            )
+        if longer and progress:
+            print(f"resuming at step {step}: training longer, to {total} steps in all (was "
+                  f"{before}); the learning-rate schedule follows the new total", file=sys.stderr)  # fmt: skip
+    out = Path(cfg.out or f"runs/{cfg.task}-{cfg.attention}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out: cannot create {str(out)!r} ({e.strerror})") from None
+    lock = _lock(out)
+    try:
+        if progress if echo_config is None else echo_config:
+            _print_config(cfg, out)
+        atomic_write(
+            out / "config.json", lambda f: f.write(json.dumps(asdict(cfg), indent=1).encode())
+        )
+        return _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress,
+                     stop_after, start_time)  # fmt: skip
+    finally:
+        _unlock(lock)
 
+
+def _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress, stop_after,
+          start_time):  # fmt: skip
+    ckpt_path = out / "model.npz"
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=step, disable=not progress, file=sys.stderr, leave=False)
@@ -476,10 +606,13 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
             meta = {
                 "train_config": asdict(cfg),
                 "step": step,
+                "total_steps": total,
                 "history": history,
                 "rng_state": _rng_state(rng),
                 "perm": None if getattr(task, "perm", None) is None else task.perm.tolist(),
             }
+            if cfg.task == "text":
+                meta["text_sha256"] = task.text_sha256
             save_checkpoint(ckpt_path, model, opt, meta)
             _write_metrics(out / "metrics.jsonl", history)
             evals += 1
@@ -516,12 +649,38 @@ def _format_row(row) -> str:
 
 
 def _write_metrics(path: Path, history) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    tmp.replace(path)
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def _flag_type(name):
+    """An argparse type that parses the flag and checks it against :data:`RANGES`."""
+    kind = RANGES[name][0]
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        try:
+            return check_value(name, value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _defaults_help(key) -> str:
+    vals = {t: DEFAULTS[t].get(key) for t in TASKS if key in DEFAULTS[t]}
+    if len(set(map(repr, vals.values()))) == 1:
+        return f"default: {next(iter(vals.values()))}"
+    shown = {t: ("from --epochs" if v is None and key == "steps" else v) for t, v in vals.items()}
+    shown = {t: v for t, v in shown.items() if v is not None}
+    return "defaults: " + ", ".join(f"{t} {v}" for t, v in shown.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -530,28 +689,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a small Token Statistics Transformer (or its softmax baseline) with "
         "NumPy/CuPy and manual backprop. Defaults are the tuned small models per task.",
     )
-    ap.add_argument(
-        "--task", choices=TASKS, default="digits", help="what to train on (default: digits)"
-    )
+    ap.add_argument("--task", choices=TASKS, help="what to train on (default: digits)")
     ap.add_argument(
         "--attention",
         choices=("tssa", "softmax"),
-        default="tssa",
         help="TSSA (ToST) or softmax attention (ViT/GPT baseline) (default: tssa)",
     )
-    ap.add_argument("--depth", type=int, help="number of blocks")
-    ap.add_argument("--dim", type=int, help="token dimension D")
-    ap.add_argument("--heads", type=int, help="number of heads H (D must be divisible by H)")
-    ap.add_argument("--epochs", type=int, help="epochs over the training set (digits)")
-    ap.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    ap.add_argument("--batch-size", type=int, help="examples per step")
-    ap.add_argument("--lr", type=float, help="peak learning rate of the warm-up + cosine schedule")
-    ap.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay")
-    ap.add_argument("--warmup", type=int, help="linear warm-up steps")
-    ap.add_argument("--label-smoothing", type=float, help="label smoothing of the cross-entropy")
-    ap.add_argument("--clip", type=float, help="clip the global gradient norm to this value")
-    ap.add_argument("--block-size", type=int, help="context length of the language model (text)")
-    ap.add_argument("--eval-every", type=int, help="steps between evaluations/checkpoints")
+
+    def num(flag, text, key=None):
+        key = key or flag[2:].replace("-", "_")
+        ap.add_argument(flag, type=_flag_type(key), help=f"{text} ({_defaults_help(key)})")
+
+    num("--depth", "number of blocks")
+    num("--dim", "token dimension D")
+    num("--heads", "number of heads H (D must be divisible by H)")
+    num("--epochs", "epochs over the training set (digits)")
+    num("--steps", "optimizer steps (overrides --epochs)")
+    num("--batch-size", "examples per step")
+    num("--lr", "peak learning rate of the warm-up + cosine schedule")
+    num("--weight-decay", "AdamW decoupled weight decay")
+    num("--warmup", "linear warm-up steps")
+    num("--label-smoothing", "label smoothing of the cross-entropy, in [0, 1)")
+    num("--clip", "clip the global gradient norm to this value (> 0)")
+    ap.add_argument("--block-size", type=_flag_type("block_size"),
+                    help="context length of the language model (text; default 64)")  # fmt: skip
+    ap.add_argument("--eval-every", type=_flag_type("eval_every"),
+                    help="steps between evaluations/checkpoints (defaults: digits one epoch, "
+                    "text 250, subspaces 100)")  # fmt: skip
     ap.add_argument(
         "--text-file", help="train --task text on this UTF-8 file instead of pydoc_data"
     )
@@ -563,36 +727,72 @@ def build_parser() -> argparse.ArgumentParser:
         "split carved out of it (digits: a stratified 20%% of the training images; text: the "
         "80-90%% stretch); the test data is never used",
     )
-    ap.add_argument("--seed", type=int, default=0, help="seed of initialization and data order")
-    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="NumPy or CuPy")
     ap.add_argument(
-        "--threads", type=int, default=1, help="BLAS threads (default 1: fastest for small models)"
+        "--seed", type=_flag_type("seed"), help="seed of initialization and data order (default: 0)"
     )
-    ap.add_argument("--out", help="output folder (default: runs/TASK-ATTENTION)")
-    ap.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (model.npz)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ap.add_argument("--device", choices=("cpu", "gpu"), help="NumPy or CuPy (default: cpu)")
+    ap.add_argument("--threads", type=_flag_type("threads"),
+                    help="BLAS threads (default 1: fastest for small models)")  # fmt: skip
+    ap.add_argument("--out", help="output folder (default: runs/TASK-ATTENTION; with --resume "
+                    "the checkpoint's folder)")  # fmt: skip
+    ap.add_argument("--config", metavar="JSON", help="start from a run's config.json (repeats "
+                    "that run; flags given as well override it; its out is not used)")  # fmt: skip
+    ap.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (model.npz); "
+                    "--steps/--epochs beyond the stored run train longer")  # fmt: skip
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress bar on stderr")  # fmt: skip
     ap.add_argument(
         "--stop-after",
-        type=int,
+        type=_flag_type("stop_after"),
         metavar="N",
         help="stop after N evaluations (simulates an interruption; resume later)",
     )
     return ap
 
 
+CLI_ONLY = ("resume", "no_progress", "stop_after", "config")
+
+
+def _check_out(ap, out) -> None:
+    if out is None:
+        return
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        ap.error(f"argument --out: {out!r} exists and is not a folder")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        ap.error(f"argument --out: {str(parent)!r} is not writable")
+
+
+def _read_config(ap, path) -> dict:
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        ap.error(f"argument --config: cannot read {path!r} ({e})")
+    known = set(Config.__dataclass_fields__)
+    if not isinstance(values, dict) or set(values) - known:
+        ap.error(f"argument --config: {path!r} is not a whitebox.train config.json")
+    values.pop("out", None)
+    return values
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    overrides = {
-        k: v for k, v in vars(args).items() if k not in ("resume", "no_progress", "stop_after")
-    }
-    if args.task == "digits" and args.steps is not None:
+    _check_out(ap, args.out)
+    given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
+    overrides = _read_config(ap, args.config) if args.config else {}
+    overrides.update(given)
+    if overrides.get("task", "digits") == "digits" and "steps" in given and "epochs" not in given:
         overrides["epochs"] = None
     try:
         cfg = make_config(**overrides)
         result = train(
-            cfg, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after
-        )
+            cfg, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
+            explicit=set(given), echo_config=True,
+        )  # fmt: skip
     except (ValueError, RuntimeError) as e:  # bad input, bad checkpoint, no GPU: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
