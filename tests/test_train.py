@@ -262,3 +262,23 @@ def test_curves_show_the_learning_rate_schedule(tmp_path, monkeypatch):
     lr_ax = figures[0].axes[labels.index("learning rate")]
     np.testing.assert_allclose(lr_ax.lines[0].get_ydata(), [0.01, 0.02, 0.03])
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_holdout_carves_validation_out_of_the_training_data_only():
+    from whitebox.data import HOLDOUT_SHARE, load_digits_split
+
+    Xtr, ytr, Xte, yte = load_digits_split()
+    Htr, hytr, Hval, hyval = load_digits_split(holdout=True)
+    as_set = lambda X: {x.tobytes() for x in X.reshape(len(X), -1)}  # noqa: E731
+    assert as_set(Hval) | as_set(Htr) == as_set(Xtr)  # both parts come from the training set
+    assert not as_set(Hval) & as_set(Xte) and not as_set(Htr) & as_set(Xte)  # test untouched
+    assert len(Hval) == -(-HOLDOUT_SHARE * len(Xtr) // 1)  # ceil, as scikit-learn rounds
+    assert np.bincount(hyval).min() >= 20  # stratified: every class in the validation split
+
+
+def test_holdout_run_reports_validation_metrics(tmp_path):
+    cfg = T.make_config(task="digits", steps=3, holdout=True, out=str(tmp_path / "h"))
+    result = T.train(cfg, progress=False)
+    assert result["holdout"] is True and "val_accuracy" in result and "test_accuracy" not in result
+    text = T.make_config(task="text", steps=2, eval_every=2, holdout=True, out=str(tmp_path / "t"))
+    assert T.train(text, progress=False)["holdout"] is True

@@ -332,6 +332,13 @@ class SubspaceTask:
 TASK_CLASSES = {"digits": DigitsTask, "text": TextTask, "subspaces": SubspaceTask}
 
 
+def _metric_key(cfg: Config) -> str:
+    """The key of a run's headline metric in its history rows."""
+    if cfg.task == "digits":
+        return "val_accuracy" if cfg.holdout else "test_accuracy"
+    return TASK_CLASSES[cfg.task].metric
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -422,7 +429,7 @@ def _stored_state(meta, resume) -> Config:
         assert all(
             isinstance(h.get(k), int | float) and not isinstance(h.get(k), bool)
             for h in history
-            for k in ("lr", "train_loss", TASK_CLASSES[cfg.task].metric)
+            for k in ("lr", "train_loss", _metric_key(cfg))
         )
         state = meta["rng_state"]
         assert isinstance(state, dict) and state.get("bit_generator") == "PCG64"
