@@ -255,13 +255,20 @@ def tssa_forward(x, params):
 
     Returns (out, cache); ``cache['pi']`` is Pi (B, H, n) and ``cache['a']`` the scores
     sum_i w_hat^2 (B, H, n) (transposed views of the (B, n, H) arrays)."""
-    impl = kernels.fused_impl(x, params["temp"].shape[0])
-    if impl is not None:
-        return kernels.tssa_forward_fused(x, params, impl)
     xp = get_array_module(x)
     B, n, D = x.shape
     H = params["temp"].shape[0]
     p = D // H
+    impl = kernels.fused_impl(x, H, tuple(params.values()))
+    if impl is not None:  # the fused kernels between the two projections
+        W = params["qkv.weight"]
+        w = (x.reshape(-1, D) @ W).reshape(B, n, D)  # (B, n, D); the kernels add the bias
+        y, core = kernels.tssa_core_forward(
+            w, params["qkv.bias"], params["temp"], impl, TSSA_NORM_FLOOR, MEMBERSHIP_EPS
+        )
+        out, proj_cache = linear_forward(y, _sub(params, "proj"))
+        pi, a = core["pi_tok"].transpose(0, 2, 1), core["a_tok"].transpose(0, 2, 1)
+        return out, dict(fused=impl, core=core, qkv=(x, W), proj=proj_cache, pi=pi, a=a)
     w, qkv_cache = linear_forward(x, _sub(params, "qkv"))  # (B, n, D)
     w_sq = w * w
     w4, w_sq4 = w.reshape(B, n, H, p), w_sq.reshape(B, n, H, p)  # (B, n, H, p) views
@@ -288,7 +295,10 @@ def tssa_forward(x, params):
 def tssa_backward(dout, cache):
     """Backward of :func:`tssa_forward`. dout: (B, n, D). Returns (dx, grads)."""
     if "fused" in cache:
-        return kernels.tssa_backward_fused(dout, cache)
+        dy, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D)
+        dw, dtemp = kernels.tssa_core_backward(dy, cache["core"])
+        dx, g_qkv = linear_backward(dw, cache["qkv"])
+        return dx, {**_prefixed(g_qkv, "qkv"), "temp": dtemp, **_prefixed(g_proj, "proj")}
     xp = get_array_module(dout)
     w, w_sq, c, pi_bar = cache["w"], cache["w_sq"], cache["c"], cache["pi_bar"]
     pi = cache["pi"].transpose(0, 2, 1)  # (B, n, H)
