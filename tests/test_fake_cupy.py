@@ -179,3 +179,86 @@ def test_pointer_arguments_are_checked(cp):
     w = cp.ascontiguousarray(w)
     with pytest.raises(ValueError, match="inv_d2: the kernel needs a C-contiguous float32"):
         kernels._stats_gpu(w, inv.astype(F64), temp)
+
+
+# ------------------------------------------------------------------ models and training
+
+
+def test_models_on_the_device_match_numpy(cp):
+    from whitebox.models import build
+
+    rng = np.random.default_rng(3)
+    cfgs = [
+        (dict(model="classifier", image_size=8, patch_size=2, in_chans=1, num_classes=10,
+              dim=24, depth=2, num_heads=3, dtype="float64"), rng.standard_normal((3, 1, 8, 8))),
+        (dict(model="language_model", vocab_size=11, block_size=16, n_layer=2, n_head=4,
+              n_embd=16, dtype="float64"), rng.integers(0, 11, size=(2, 9))),
+    ]  # fmt: skip
+    for cfg, x in cfgs:
+        cpu, dev = build(cfg), build(cfg).to("gpu")
+        out = cpu.forward(x)
+        G = rng.standard_normal(out.shape)
+        cpu.backward(G)
+        got = dev.forward(cp.asarray(x))
+        dev.backward(cp.asarray(G))
+        want = {"out": out, **cpu.gradients()}
+        have = {"out": got.get(), **{k: v.get() for k, v in dev.gradients().items()}}
+        assert_close(have, want, 1e-10, cfg["model"])
+
+
+def _train(tmp_path, task, device, name, stop_after=None, **kw):
+    from whitebox import train as T
+
+    cfg = T.make_config(task=task, device=device, out=str(tmp_path / name), dim=16, heads=4,
+                        batch_size=8, warmup=2, **kw)  # fmt: skip
+    return T.train(cfg, progress=False, stop_after=stop_after)
+
+
+@pytest.mark.parametrize("task", ["digits", "text", "subspaces"])
+def test_training_on_the_device_at_most_two_syncs_a_step(task, tmp_path, cp, monkeypatch):
+    """A training step reads from the device at most twice (counted by the stand-in); the
+    run's numbers match the CPU's."""
+    counts = []
+    step = nn.AdamW.step
+
+    def counting_step(self, lr=None):
+        counts.append(cp.SYNCS[0])
+        return step(self, lr)
+
+    monkeypatch.setattr(nn.AdamW, "step", counting_step)
+    r_gpu = _train(tmp_path, task, "gpu", "gpu", steps=6, eval_every=6)
+    per_step = np.diff(counts)
+    assert len(per_step) == 5 and per_step.max() <= 2, f"syncs per step: {per_step.tolist()}"
+    r_cpu = _train(tmp_path, task, "cpu", "cpu", steps=6, eval_every=6)
+    key = "val_loss_nats_per_char" if task == "text" else "test_accuracy"
+    assert r_gpu[key] == pytest.approx(r_cpu[key], abs=2e-3), (r_gpu, r_cpu)
+
+
+def test_resume_on_the_device_is_exact(tmp_path, cp):
+    """Interrupted and resumed on the device = uninterrupted on the device."""
+    from whitebox import train as T
+
+    full = _train(tmp_path, "digits", "gpu", "full", steps=8, eval_every=4)
+    part = _train(tmp_path, "digits", "gpu", "part", steps=8, eval_every=4, stop_after=1)
+    assert part["interrupted_at_step"] == 4
+    cfg = T.make_config(task="digits", device="gpu", out=str(tmp_path / "part"))
+    resumed = T.train(cfg, resume=part["checkpoint"], progress=False)
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    a = np.load(tmp_path / "full" / "model.npz")
+    b = np.load(tmp_path / "part" / "model.npz")
+    for k in a.files:
+        if k != "meta":
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_checkpoint_copies_in_one_batch_per_dtype(tmp_path, cp):
+    from whitebox.checkpoint import save_checkpoint
+    from whitebox.models import build
+
+    model = build(dict(model="token_classifier", in_dim=4, num_classes=3, dim=8, depth=2,
+                       num_heads=2)).to("gpu")  # fmt: skip
+    opt = nn.AdamW(model, lr=1e-3)
+    n_arrays = len(model.parameters())
+    cp.reset_syncs()
+    save_checkpoint(tmp_path / "m.npz", model, opt)
+    assert n_arrays > 20 and cp.SYNCS[0] == 2  # the model's arrays, then the optimizer's

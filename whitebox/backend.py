@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-GPU_INSTALL_HINT = 'pip install -e ".[gpu]"'
+GPU_INSTALL_HINT = (
+    'pip install -e ".[gpu]" with the CuPy for your driver: cupy-cuda12x for CUDA 12, '
+    "cupy-cuda13x for CUDA 13 (`nvidia-smi` shows the driver's CUDA version)"
+)
 
 
 def _is_cupy_array(x) -> bool:
@@ -63,7 +66,8 @@ def require_gpu():
     if not gpu_available():
         raise RuntimeError(
             "CuPy is installed but sees no working GPU (cupy.is_available() is False). "
-            f"Run on a machine with an NVIDIA GPU and CUDA 12, installed with: {GPU_INSTALL_HINT}"
+            "Run on a machine with an NVIDIA GPU and a CUDA 12 or CUDA 13 driver, with the "
+            f"CuPy that matches it: {GPU_INSTALL_HINT}"
         )
     return cupy
 
@@ -90,6 +94,25 @@ def to_numpy(x):
     if _is_cupy_array(x):
         return x.get()
     return np.asarray(x)
+
+
+def to_numpy_many(arrays):
+    """NumPy copies of a list of arrays. Device arrays travel in one copy per dtype (packed
+    into one flat device buffer first) instead of one copy, and one wait, per array."""
+    out = [None] * len(arrays)
+    groups: dict = {}
+    for i, a in enumerate(arrays):
+        if _is_cupy_array(a):
+            groups.setdefault(a.dtype, []).append(i)
+        else:
+            out[i] = np.array(a)
+    for idx in groups.values():
+        xp = get_array_module(arrays[idx[0]])
+        flat = xp.concatenate([arrays[i].reshape(-1) for i in idx]).get()
+        offsets = np.cumsum([0] + [arrays[i].size for i in idx])
+        for k, i in enumerate(idx):
+            out[i] = flat[offsets[k] : offsets[k + 1]].reshape(arrays[i].shape)
+    return out
 
 
 def device_of(x) -> str:
