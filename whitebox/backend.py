@@ -32,11 +32,44 @@ def get_array_module(*arrays):
     return np
 
 
+ERF32_X_MAX = 4.2
+"""erf32 clamps |x| here. erf(x) rounds to 1.0 in float32 from x = 3.92 on; the fit covers
+|x| <= 3.95, and at 4.2 the argument of tanh is 10.7, past the 10.0 where NumPy's float32
+tanh first returns exactly 1 (so erf32(+-inf) = +-1)."""
+
+ERF32_COEFFS = (
+    1.418559207877479e-07, -5.668533958669286e-06, 8.763763617025688e-05,
+    -0.0006197853363119066, -0.0001918302004924044, 0.10276905447244644, 1.128379225730896,
+)  # fmt: skip
+"""g(t) ~ artanh(erf(sqrt t)) / sqrt t, highest power first (``scripts/fit_erf32.py``)."""
+
+
+def erf32(x):
+    """The error function of a float32 array in a few NumPy passes, accurate to a few float32
+    ulps (the test measures the largest error against SciPy over the float32 range):
+
+        erf(x) = tanh(x g(x^2)),  x clamped to [-4.2, 4.2],  g a degree-6 polynomial
+
+    (about 1.6 ns an element against SciPy's 10-15 ns; NaN stays NaN, +-inf give +-1)."""
+    xp = get_array_module(x)
+    xc = xp.clip(x, -ERF32_X_MAX, ERF32_X_MAX)
+    t = xc * xc
+    acc = xp.full_like(t, ERF32_COEFFS[0])
+    for c in ERF32_COEFFS[1:]:  # Horner, in place
+        acc *= t
+        acc += np.float32(c)
+    acc *= xc
+    return xp.tanh(acc, out=acc)
+
+
 def erf(x):
-    """The error function elementwise: SciPy's on NumPy arrays, cupyx's on CuPy arrays
-    (NumPy itself has none; the exact GELU needs it)."""
+    """The error function elementwise, in the dtype of x: :func:`erf32` on float32 NumPy
+    arrays, SciPy's exact one on other NumPy arrays (float64), cupyx's on CuPy arrays (NumPy
+    itself has none; the exact GELU needs it)."""
     if _is_cupy_array(x):
         from cupyx.scipy.special import erf as _erf
+    elif getattr(x, "dtype", None) == np.float32:
+        return erf32(x)
     else:
         from scipy.special import erf as _erf
     return _erf(x)

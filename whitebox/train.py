@@ -491,9 +491,7 @@ def _train_step(model, opt, x, y, xp, cfg, lr, step) -> float:
         n_classes = logits.shape[-1]
         if y.size and (y.min() < 0 or y.max() >= n_classes):
             raise ValueError(f"step {step}: targets outside [0, {n_classes})")
-        loss, dlogits = nn.cross_entropy(
-            logits, xp.asarray(y), cfg.label_smoothing, as_array=True
-        )
+        loss, dlogits = nn.cross_entropy(logits, xp.asarray(y), cfg.label_smoothing, as_array=True)
         model.backward(dlogits)
         norm = nn.clip_grad_norm(model, cfg.clip)
         loss_host, norm_host = to_numpy(xp.stack([loss.astype(np.float64), norm]))  # one wait
