@@ -619,20 +619,18 @@ def _digits_train_time(device, steps):
     opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(1)
 
-    def step(i):
+    from .train import _train_step
+
+    def step(i):  # the training loop's own step: one wait for the device
         x, y = task.batch(i, rng)
-        logits = model.forward(xp.asarray(x))
-        loss, dlogits = nn.cross_entropy(logits, xp.asarray(y), tcfg.label_smoothing)
-        model.backward(dlogits)
-        nn.clip_grad_norm(model, tcfg.clip)
-        opt.step(nn.cosine_lr(i, task.total_steps, tcfg.warmup, tcfg.lr))
-        return loss
+        lr = nn.cosine_lr(i, task.total_steps, tcfg.warmup, tcfg.lr)
+        return _train_step(model, opt, x, y, xp, tcfg, lr, i)
 
     for i in range(3):
         step(i)
     t0 = time.perf_counter()
     for i in range(3, 3 + steps):
-        step(i)  # cross_entropy returns a Python float: every step synchronizes
+        step(i)
     sec = (time.perf_counter() - t0) / steps
     return dict(
         seconds_per_step=sec, steps_timed=steps, batch_size=tcfg.batch_size,
