@@ -171,7 +171,9 @@ def layernorm_backward(dy, cache):
 
 def gelu_forward(x, params=None):
     """Exact GELU (PyTorch's default): y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
-    cdf = 0.5 * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+    cdf = _erf(x * (1.0 / math.sqrt(2.0)))  # a fresh array: finished in place
+    cdf += 1.0
+    cdf *= 0.5
     return x * cdf, (x, cdf)
 
 
