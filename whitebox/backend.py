@@ -32,11 +32,6 @@ def get_array_module(*arrays):
     return np
 
 
-ERF32_X_MAX = 4.2
-"""erf32 clamps |x| here. erf(x) rounds to 1.0 in float32 from x = 3.92 on; the fit covers
-|x| <= 3.95, and at 4.2 the argument of tanh is 10.7, past the 10.0 where NumPy's float32
-tanh first returns exactly 1 (so erf32(+-inf) = +-1)."""
-
 ERF32_COEFFS = (
     1.418559207877479e-07, -5.668533958669286e-06, 8.763763617025688e-05,
     -0.0006197853363119066, -0.0001918302004924044, 0.10276905447244644, 1.128379225730896,
@@ -48,18 +43,22 @@ def erf32(x):
     """The error function of a float32 array in a few NumPy passes, accurate to a few float32
     ulps (the test measures the largest error against SciPy over the float32 range):
 
-        erf(x) = tanh(x g(x^2)),  x clamped to [-4.2, 4.2],  g a degree-6 polynomial
+        erf(x) = tanh(x g(x^2)),  g a degree-6 polynomial fitted on |x| <= 3.95
 
-    (about 1.6 ns an element against SciPy's 10-15 ns; NaN stays NaN, +-inf give +-1)."""
+    (from |x| = 3.92 on, erf(x) is +-1 in float32; there g grows, x g(x^2) passes 10, where
+    NumPy's float32 tanh returns exactly +-1, and overflows to +-inf for huge x, so no clamp
+    is needed; NaN stays NaN). Two temporaries only: a fresh large array costs page faults
+    that would take longer than the arithmetic. About 0.5 ns an element against SciPy's 10-15."""
     xp = get_array_module(x)
-    xc = xp.clip(x, -ERF32_X_MAX, ERF32_X_MAX)
-    t = xc * xc
-    acc = xp.full_like(t, ERF32_COEFFS[0])
-    for c in ERF32_COEFFS[1:]:  # Horner, in place
-        acc *= t
-        acc += np.float32(c)
-    acc *= xc
-    return xp.tanh(acc, out=acc)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge |x|: inf on purpose
+        t = x * x
+        acc = t * np.float32(ERF32_COEFFS[0])
+        acc += np.float32(ERF32_COEFFS[1])
+        for c in ERF32_COEFFS[2:]:  # Horner, in place
+            acc *= t
+            acc += np.float32(c)
+        acc *= x
+        return xp.tanh(acc, out=acc)
 
 
 def erf(x):
