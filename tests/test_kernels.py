@@ -3,8 +3,9 @@
 On the CPU the fused path runs as the NumPy reference of the kernels (same steps, same
 algebra), so CI checks the algebra, gradients included, without a GPU. The tests marked
 ``gpu`` compare the CuPy kernels with the plain path and with NumPy; they skip cleanly
-without CuPy and a GPU (``benchmarks/gpu_check.sh`` runs them on a GPU machine)."""
+without CuPy and a GPU (``benchmarks/gpu_check.py`` runs them on a GPU machine)."""
 
+import ast
 import subprocess
 import sys
 
@@ -20,6 +21,8 @@ gpu = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs Cu
 
 # (B, n, D, H): p = 4, 48 (> one warp of 32 lanes), and one head owning every feature
 SHAPES = [(2, 7, 12, 3), (1, 33, 96, 2), (3, 5, 8, 1)]
+# n = 1, 31, 257; D not a multiple of 32; 3, 5, 40 and 64 heads
+AWKWARD = [(2, 1, 36, 3), (3, 31, 40, 5), (2, 257, 120, 40), (1, 257, 192, 64), (2, 31, 100, 5)]
 
 
 def make_layer(D, H, dtype, seed=0):
@@ -58,6 +61,19 @@ def test_importing_does_not_import_cupy():
     code = "import sys, whitebox, whitebox.kernels, whitebox.bench; print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_kernels_depend_on_the_backend_alone():
+    """nn calls kernels (between the two projections), never the other way round."""
+    tree = ast.parse(open(kernels.__file__).read())
+    local = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.module != "__future__":
+                local.add(node.module if node.level else "absolute " + str(node.module))
+        elif isinstance(node, ast.Import):
+            local.update(a.name for a in node.names)
+    assert local <= {"backend", "numpy"}, f"whitebox.kernels imports {sorted(local)}"
 
 
 def test_dispatch(monkeypatch):
@@ -135,7 +151,7 @@ def test_backward_does_not_modify_its_input(reference_path):
 
 
 @pytest.mark.parametrize("dtype,rtol", [(F64, 1e-10), (np.float32, 1e-4)])
-@pytest.mark.parametrize("shape", SHAPES + [(2, 1000, 384, 8)])
+@pytest.mark.parametrize("shape", SHAPES + AWKWARD + [(2, 1000, 384, 8)])
 @pytest.mark.parametrize("_", [pytest.param(0, marks=gpu, id="gpu")])
 def test_gpu_kernels_match_plain_path_and_numpy(shape, dtype, rtol, _, monkeypatch):
     B, n, D, H = shape
@@ -192,3 +208,19 @@ def test_gpu_each_kernel_matches_its_reference(dtype, _):
     da = ref["token_backward"](w, dy, pi, a, u, v, kappa, temp)[0]
     r1, r2, r3 = r(B, D), r(B, D), r(B, D)
     close(gpu_["dw"](w, dy, pi, da, r1, r2, r3, u), ref["dw"](w, dy, pi, da, r1, r2, r3, u), "dw")
+
+
+@pytest.mark.parametrize("dtype", [F64, np.float32])
+@pytest.mark.parametrize("_", [pytest.param(0, marks=gpu, id="gpu")])
+def test_gpu_deterministic_mode_is_bitwise_repeatable(dtype, _):
+    """kernels.DETERMINISTIC (the default): two runs, the same bits, outputs and gradients."""
+    import cupy
+
+    assert kernels.DETERMINISTIC
+    B, n, D, H = 4, 3000, 96, 4
+    layer = make_layer(D, H, dtype).to("gpu")
+    rng = np.random.default_rng(7)
+    x, G = (cupy.asarray(rng.standard_normal((B, n, D)).astype(dtype)) for _ in range(2))
+    first, second = run(layer, x, G), run(layer, x, G)
+    for k in first:
+        np.testing.assert_array_equal(first[k], second[k], err_msg=k)

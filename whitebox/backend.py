@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-GPU_INSTALL_HINT = 'pip install -e ".[gpu]"'
+GPU_INSTALL_HINT = (
+    'pip install -e ".[gpu]" with the CuPy for your driver: cupy-cuda12x for CUDA 12, '
+    "cupy-cuda13x for CUDA 13 (`nvidia-smi` shows the driver's CUDA version)"
+)
 
 
 def _is_cupy_array(x) -> bool:
@@ -29,11 +32,43 @@ def get_array_module(*arrays):
     return np
 
 
+ERF32_COEFFS = (
+    1.418559207877479e-07, -5.668533958669286e-06, 8.763763617025688e-05,
+    -0.0006197853363119066, -0.0001918302004924044, 0.10276905447244644, 1.128379225730896,
+)  # fmt: skip
+"""g(t) ~ artanh(erf(sqrt t)) / sqrt t, highest power first (``scripts/fit_erf32.py``)."""
+
+
+def erf32(x):
+    """The error function of a float32 array in a few NumPy passes, accurate to a few float32
+    ulps (the test measures the largest error against SciPy over the float32 range):
+
+        erf(x) = tanh(x g(x^2)),  g a degree-6 polynomial fitted on |x| <= 3.95
+
+    (from |x| = 3.92 on, erf(x) is +-1 in float32; there g grows, x g(x^2) passes 10, where
+    NumPy's float32 tanh returns exactly +-1, and overflows to +-inf for huge x, so no clamp
+    is needed; NaN stays NaN). Two temporaries only: a fresh large array costs page faults
+    that would take longer than the arithmetic. About 0.5 ns an element against SciPy's 10-15."""
+    xp = get_array_module(x)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge |x|: inf on purpose
+        t = x * x
+        acc = t * np.float32(ERF32_COEFFS[0])
+        acc += np.float32(ERF32_COEFFS[1])
+        for c in ERF32_COEFFS[2:]:  # Horner, in place
+            acc *= t
+            acc += np.float32(c)
+        acc *= x
+        return xp.tanh(acc, out=acc)
+
+
 def erf(x):
-    """The error function elementwise: SciPy's on NumPy arrays, cupyx's on CuPy arrays
-    (NumPy itself has none; the exact GELU needs it)."""
+    """The error function elementwise, in the dtype of x: :func:`erf32` on float32 NumPy
+    arrays, SciPy's exact one on other NumPy arrays (float64), cupyx's on CuPy arrays (NumPy
+    itself has none; the exact GELU needs it)."""
     if _is_cupy_array(x):
         from cupyx.scipy.special import erf as _erf
+    elif getattr(x, "dtype", None) == np.float32:
+        return erf32(x)
     else:
         from scipy.special import erf as _erf
     return _erf(x)
@@ -63,7 +98,8 @@ def require_gpu():
     if not gpu_available():
         raise RuntimeError(
             "CuPy is installed but sees no working GPU (cupy.is_available() is False). "
-            f"Run on a machine with an NVIDIA GPU and CUDA 12, installed with: {GPU_INSTALL_HINT}"
+            "Run on a machine with an NVIDIA GPU and a CUDA 12 or CUDA 13 driver, with the "
+            f"CuPy that matches it: {GPU_INSTALL_HINT}"
         )
     return cupy
 
@@ -90,6 +126,25 @@ def to_numpy(x):
     if _is_cupy_array(x):
         return x.get()
     return np.asarray(x)
+
+
+def to_numpy_many(arrays):
+    """NumPy copies of a list of arrays. Device arrays travel in one copy per dtype (packed
+    into one flat device buffer first) instead of one copy, and one wait, per array."""
+    out = [None] * len(arrays)
+    groups: dict = {}
+    for i, a in enumerate(arrays):
+        if _is_cupy_array(a):
+            groups.setdefault(a.dtype, []).append(i)
+        else:
+            out[i] = np.array(a)
+    for idx in groups.values():
+        xp = get_array_module(arrays[idx[0]])
+        flat = xp.concatenate([arrays[i].reshape(-1) for i in idx]).get()
+        offsets = np.cumsum([0] + [arrays[i].size for i in idx])
+        for k, i in enumerate(idx):
+            out[i] = flat[offsets[k] : offsets[k + 1]].reshape(arrays[i].shape)
+    return out
 
 
 def device_of(x) -> str:

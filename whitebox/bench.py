@@ -530,8 +530,9 @@ def gpu_benchmark(cfg, log=print):
         x = cp.asarray(rng.standard_normal((B, n, D)).astype(np.float32))
         g = cp.asarray(rng.standard_normal((B, n, D)).astype(np.float32))
         row = dict(B=B, n=n, D=D, H=H, dtype="float32")
-        for mode, flag in (("fused", True), ("plain", False)):
-            kernels.FUSED = flag
+        modes = (("fused", True, True), ("fused_atomics", True, False), ("plain", False, True))
+        for mode, flag, det in modes:
+            kernels.FUSED, kernels.DETERMINISTIC = flag, det
             try:
                 fwd = _gpu_time(cp, lambda L=layer, x=x: L.forward(x), cfg["repeats"])
                 fb = _gpu_time(cp, _layer_fb(layer, x, g), cfg["repeats"])
@@ -540,7 +541,7 @@ def gpu_benchmark(cfg, log=print):
                 x2 = x.reshape(-1, D)
                 mm = _gpu_time(cp, lambda W=W, x2=x2: x2 @ W, cfg["repeats"])
             finally:
-                kernels.FUSED = True
+                kernels.FUSED, kernels.DETERMINISTIC = True, True
             row[mode] = dict(
                 forward_seconds=fwd, backward_seconds=fb - fwd, fwd_bwd_seconds=fb,
                 core_forward_seconds=max(fwd - 2 * mm, 0.0),
@@ -553,12 +554,17 @@ def gpu_benchmark(cfg, log=print):
         f = row["fused"]
         row["core_forward_over_floor"] = f["core_forward_seconds"] / floor_f
         row["core_backward_over_floor"] = f["core_backward_seconds"] / floor_b
+        # what the fixed-order sums over tokens cost against float atomics (fwd + bwd)
+        row["deterministic_cost"] = (
+            f["fwd_bwd_seconds"] / row["fused_atomics"]["fwd_bwd_seconds"] - 1
+        )
         log(
             f"  TSSA B={B} n={n}: fused fwd {f['forward_seconds'] * 1e3:.3f} ms "
             f"bwd {f['backward_seconds'] * 1e3:.3f} ms; plain fwd "
             f"{row['plain']['forward_seconds'] * 1e3:.3f} ms bwd "
             f"{row['plain']['backward_seconds'] * 1e3:.3f} ms; core vs floor: fwd "
-            f"{row['core_forward_over_floor']:.1f}x, bwd {row['core_backward_over_floor']:.1f}x"
+            f"{row['core_forward_over_floor']:.1f}x, bwd {row['core_backward_over_floor']:.1f}x; "
+            f"deterministic sums cost {100 * row['deterministic_cost']:+.0f} %"
         )
         layers.append(row)
     train = {d: _digits_train_time(d, cfg["digits_steps"]) for d in ("gpu", "cpu")}
@@ -566,11 +572,41 @@ def gpu_benchmark(cfg, log=print):
         f"  digits training: {train['gpu']['seconds_per_step'] * 1e3:.2f} ms/step on GPU, "
         f"{train['cpu']['seconds_per_step'] * 1e3:.2f} ms/step on CPU"
     )
+    text = {d: _text_train_time(d, cfg["digits_steps"]) for d in ("gpu", "cpu")}
+    log(
+        f"  text training: {text['gpu']['seconds_per_step'] * 1e3:.2f} ms/step on GPU, "
+        f"{text['cpu']['seconds_per_step'] * 1e3:.2f} ms/step on CPU"
+    )
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"]
     return dict(
-        device=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+        device=name.decode() if isinstance(name, bytes) else name,
         cupy_version=cp.__version__, bandwidth_bytes_per_second=bw, tssa=layers,
-        digits_training=train,
+        digits_training=train, text_training=text,
     )  # fmt: skip
+
+
+def _text_train_time(device, steps):
+    """Seconds per step of the default text model, through the training loop's own step
+    (one wait for the device a step), after 3 warm-up steps."""
+    from .train import TextTask, _train_step, make_config
+
+    tcfg = make_config(task="text", device=device)
+    task = TextTask(tcfg)
+    xp = device_module(device)
+    model = build(task.model_config())
+    if device != "cpu":
+        model.to(device)
+    opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    rng = np.random.default_rng(1)
+    batches = [task.batch(i, rng) for i in range(3 + steps)]
+    for i in range(3):
+        _train_step(model, opt, *batches[i], xp, tcfg, tcfg.lr, i)
+    t0 = time.perf_counter()
+    for i in range(3, 3 + steps):
+        _train_step(model, opt, *batches[i], xp, tcfg, tcfg.lr, i)
+    sec = (time.perf_counter() - t0) / steps
+    return dict(seconds_per_step=sec, steps_timed=steps, batch_size=tcfg.batch_size,
+                block_size=tcfg.block_size)  # fmt: skip
 
 
 def _digits_train_time(device, steps):
@@ -583,20 +619,18 @@ def _digits_train_time(device, steps):
     opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(1)
 
-    def step(i):
+    from .train import _train_step
+
+    def step(i):  # the training loop's own step: one wait for the device
         x, y = task.batch(i, rng)
-        logits = model.forward(xp.asarray(x))
-        loss, dlogits = nn.cross_entropy(logits, xp.asarray(y), tcfg.label_smoothing)
-        model.backward(dlogits)
-        nn.clip_grad_norm(model, tcfg.clip)
-        opt.step(nn.cosine_lr(i, task.total_steps, tcfg.warmup, tcfg.lr))
-        return loss
+        lr = nn.cosine_lr(i, task.total_steps, tcfg.warmup, tcfg.lr)
+        return _train_step(model, opt, x, y, xp, tcfg, lr, i)
 
     for i in range(3):
         step(i)
     t0 = time.perf_counter()
     for i in range(3, 3 + steps):
-        step(i)  # cross_entropy returns a Python float: every step synchronizes
+        step(i)
     sec = (time.perf_counter() - t0) / steps
     return dict(
         seconds_per_step=sec, steps_timed=steps, batch_size=tcfg.batch_size,

@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from . import kernels
-from .backend import erf, get_array_module, to_device, to_numpy
+from .backend import erf, get_array_module, to_device, to_numpy, to_numpy_many
 
 LAYERNORM_EPS = 1e-5
 """LayerNorm epsilon (PyTorch's default, as in the public ToST code)."""
@@ -46,6 +46,11 @@ MEMBERSHIP_EPS = 1e-8
 
 INIT_STD = 0.02
 """Standard deviation of the normal initialization of weights and embeddings (nanoGPT, ViT)."""
+
+CHECK_INPUTS = True
+"""Layers check the values of their inputs (finite floats, token ids and targets in range).
+On a GPU each check reads a value back to the host and waits for the device, so the training
+loop turns this off for its steps and checks its batches on the host instead."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +102,8 @@ def _check_tokens(x, dim, name="x"):
 
 
 def _check_finite(x, name="x"):
+    if not CHECK_INPUTS:
+        return
     xp = get_array_module(x)
     if not bool(xp.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or Inf")
@@ -164,7 +171,9 @@ def layernorm_backward(dy, cache):
 
 def gelu_forward(x, params=None):
     """Exact GELU (PyTorch's default): y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
-    cdf = 0.5 * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+    cdf = _erf(x * (1.0 / math.sqrt(2.0)))  # a fresh array: finished in place
+    cdf += 1.0
+    cdf *= 0.5
     return x * cdf, (x, cdf)
 
 
@@ -191,20 +200,21 @@ def embedding_backward(dy, cache):
     return None, {"weight": dW}
 
 
-def cross_entropy(logits, targets, label_smoothing=0.0):
+def cross_entropy(logits, targets, label_smoothing=0.0, as_array=False):
     r"""Mean cross-entropy over all positions and its gradient.
 
     logits: (..., C); targets: integer (...) in [0, C). With smoothing eps the target
     distribution is q = (1 - eps) onehot + eps / C (PyTorch's ``label_smoothing``):
     loss = mean_positions( logsumexp(z) - sum_c q_c z_c ),  dlogits = (softmax(z) - q) / N.
-    Returns (loss: float, dlogits: (..., C) in the dtype of ``logits``)."""
+    Returns (loss: float, dlogits: (..., C) in the dtype of ``logits``); with ``as_array`` the
+    loss is a 0-d array on the device of ``logits`` (no wait for the GPU)."""
     xp = get_array_module(logits)
     C = logits.shape[-1]
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"targets: expected shape {logits.shape[:-1]}, got {targets.shape}")
     if targets.dtype.kind not in "iu":
         raise ValueError(f"targets: expected an integer array, got dtype {targets.dtype}")
-    if targets.size and (int(targets.min()) < 0 or int(targets.max()) >= C):
+    if CHECK_INPUTS and targets.size and (int(targets.min()) < 0 or int(targets.max()) >= C):
         raise ValueError(
             f"targets: class ids must lie in [0, {C}), got range "
             f"[{int(targets.min())}, {int(targets.max())}]"
@@ -227,7 +237,7 @@ def cross_entropy(logits, targets, label_smoothing=0.0):
         dz -= label_smoothing / C
     dz[rows, t] -= 1.0 - label_smoothing
     dz *= 1.0 / N
-    return float(loss), dz.reshape(logits.shape)
+    return (loss if as_array else float(loss)), dz.reshape(logits.shape)
 
 
 # ---- TSSA (eq. 9-10 of the paper; ``AttentionTSSA`` of the public code) ----------------------
@@ -255,13 +265,20 @@ def tssa_forward(x, params):
 
     Returns (out, cache); ``cache['pi']`` is Pi (B, H, n) and ``cache['a']`` the scores
     sum_i w_hat^2 (B, H, n) (transposed views of the (B, n, H) arrays)."""
-    impl = kernels.fused_impl(x, params["temp"].shape[0])
-    if impl is not None:
-        return kernels.tssa_forward_fused(x, params, impl)
     xp = get_array_module(x)
     B, n, D = x.shape
     H = params["temp"].shape[0]
     p = D // H
+    impl = kernels.fused_impl(x, H, tuple(params.values()))
+    if impl is not None:  # the fused kernels between the two projections
+        W = params["qkv.weight"]
+        w = (x.reshape(-1, D) @ W).reshape(B, n, D)  # (B, n, D); the kernels add the bias
+        y, core = kernels.tssa_core_forward(
+            w, params["qkv.bias"], params["temp"], impl, TSSA_NORM_FLOOR, MEMBERSHIP_EPS
+        )
+        out, proj_cache = linear_forward(y, _sub(params, "proj"))
+        pi, a = core["pi_tok"].transpose(0, 2, 1), core["a_tok"].transpose(0, 2, 1)
+        return out, dict(fused=impl, core=core, qkv=(x, W), proj=proj_cache, pi=pi, a=a)
     w, qkv_cache = linear_forward(x, _sub(params, "qkv"))  # (B, n, D)
     w_sq = w * w
     w4, w_sq4 = w.reshape(B, n, H, p), w_sq.reshape(B, n, H, p)  # (B, n, H, p) views
@@ -288,7 +305,10 @@ def tssa_forward(x, params):
 def tssa_backward(dout, cache):
     """Backward of :func:`tssa_forward`. dout: (B, n, D). Returns (dx, grads)."""
     if "fused" in cache:
-        return kernels.tssa_backward_fused(dout, cache)
+        dy, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D)
+        dw, dtemp = kernels.tssa_core_backward(dy, cache["core"])
+        dx, g_qkv = linear_backward(dw, cache["qkv"])
+        return dx, {**_prefixed(g_qkv, "qkv"), "temp": dtemp, **_prefixed(g_proj, "proj")}
     xp = get_array_module(dout)
     w, w_sq, c, pi_bar = cache["w"], cache["w_sq"], cache["c"], cache["pi_bar"]
     pi = cache["pi"].transpose(0, 2, 1)  # (B, n, H)
@@ -532,7 +552,8 @@ class Module:
 
     def state_dict(self):
         """Dotted name -> NumPy copy of the parameter."""
-        return {k: np.array(to_numpy(v)) for k, v in self.parameters().items()}
+        params = self.parameters()
+        return dict(zip(params, to_numpy_many(list(params.values()))))  # one copy per dtype
 
     def load_state_dict(self, state):
         """Copy ``state`` (dotted name -> array) into the parameters in place.
@@ -685,7 +706,7 @@ class Embedding(Module):
         idx = xp.asarray(idx)
         if idx.dtype.kind not in "iu":
             raise ValueError(f"idx: expected integer token ids, got dtype {idx.dtype}")
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
+        if CHECK_INPUTS and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
             raise ValueError(
                 f"idx: token ids must lie in [0, {V}), got range [{int(idx.min())}, {int(idx.max())}]"
             )
@@ -918,11 +939,9 @@ class AdamW:
 
     def state_dict(self):
         """Flat dict of NumPy arrays: 'step', 'exp_avg.<name>', 'exp_avg_sq.<name>'."""
-        out = {"step": np.array(self.t)}
-        for k in self.exp_avg:
-            out["exp_avg." + k] = np.array(to_numpy(self.exp_avg[k]))
-            out["exp_avg_sq." + k] = np.array(to_numpy(self.exp_avg_sq[k]))
-        return out
+        keys = [f"{s}.{k}" for s in ("exp_avg", "exp_avg_sq") for k in self.exp_avg]
+        arrays = list(self.exp_avg.values()) + list(self.exp_avg_sq.values())
+        return {"step": np.array(self.t), **dict(zip(keys, to_numpy_many(arrays)))}
 
     def load_state_dict(self, state):
         expected = {"step"} | {f"{s}.{k}" for k in self.exp_avg for s in ("exp_avg", "exp_avg_sq")}
@@ -953,12 +972,16 @@ def cosine_lr(step, total_steps, warmup_steps, lr_max, lr_min=0.0):
 
 def clip_grad_norm(module, max_norm):
     """Scale all gradients in place so their global L2 norm is at most ``max_norm``
-    (coefficient max_norm / (norm + 1e-6), as ``torch.nn.utils.clip_grad_norm_``).
-    Returns the norm before clipping."""
+    (coefficient max_norm / (norm + 1e-6) where that is below 1, as
+    ``torch.nn.utils.clip_grad_norm_``). Returns the norm before clipping, a 0-d float64
+    array on the gradients' device: nothing here waits for the GPU (the coefficient is
+    applied on the device; multiplying by exactly 1 leaves a gradient unchanged)."""
     grads = list(module.gradients().values())
-    total = math.sqrt(sum(float((g * g).sum()) for g in grads))
-    coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
-        for g in grads:
-            g *= coef
+    if not grads:
+        return np.zeros(())
+    xp = get_array_module(*grads)
+    total = xp.sqrt(xp.stack([(g * g).sum(dtype=np.float64) for g in grads]).sum())
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for g in grads:
+        g *= coef.astype(g.dtype)
     return total

@@ -593,13 +593,9 @@ def _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress, s
     while step < total:
         x, y = task.batch(step, rng)
         lr = nn.cosine_lr(step, total, cfg.warmup, cfg.lr, cfg.lr * 0.01)
-        logits = model.forward(xp.asarray(x))
-        loss, dlogits = nn.cross_entropy(logits, xp.asarray(y), cfg.label_smoothing)
-        model.backward(dlogits)
-        nn.clip_grad_norm(model, cfg.clip)
-        opt.step(lr)
+        loss = _train_step(model, opt, x, y, xp, cfg, lr, step)
         step += 1
-        running += float(loss)
+        running += loss
         n_running += 1
         bar.update(1)
         if step % task.eval_every == 0 or step == total:
@@ -642,6 +638,36 @@ def _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress, s
     result["seconds"] = round(time.perf_counter() - start_time, 1)
     result["checkpoint"] = str(ckpt_path)
     return result
+
+
+def _train_step(model, opt, x, y, xp, cfg, lr, step) -> float:
+    """One optimizer step on the batch (x, y) (NumPy arrays); returns the loss.
+
+    On a GPU it waits for the device once: the loss and the gradient norm come back together
+    (the running loss, and the check that training has not diverged). The layers' own input
+    checks (``nn.CHECK_INPUTS``) would each wait too; the batch is checked here, on the host,
+    before it is uploaded, and a non-finite loss or gradient stops the run with an error."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError(f"step {step}: the input batch contains NaN or Inf")
+    check, nn.CHECK_INPUTS = nn.CHECK_INPUTS, False
+    try:
+        logits = model.forward(xp.asarray(x))
+        n_classes = logits.shape[-1]
+        if y.size and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(f"step {step}: targets outside [0, {n_classes})")
+        loss, dlogits = nn.cross_entropy(logits, xp.asarray(y), cfg.label_smoothing, as_array=True)
+        model.backward(dlogits)
+        norm = nn.clip_grad_norm(model, cfg.clip)
+        loss_host, norm_host = to_numpy(xp.stack([loss.astype(np.float64), norm]))  # one wait
+        if not (math.isfinite(loss_host) and math.isfinite(norm_host)):
+            raise RuntimeError(
+                f"training diverged at step {step}: loss {loss_host}, gradient norm {norm_host}"
+                " (try a lower --lr)"
+            )
+        opt.step(lr)
+    finally:
+        nn.CHECK_INPUTS = check
+    return float(loss_host)
 
 
 def _format_row(row) -> str:
