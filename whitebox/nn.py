@@ -35,7 +35,8 @@ from . import kernels
 from .backend import erf, get_array_module, to_device, to_numpy
 
 LAYERNORM_EPS = 1e-5
-"""LayerNorm epsilon (PyTorch's default, as in the public ToST code)."""
+"""Default LayerNorm epsilon: PyTorch's default, as in the public ToST *language* model
+(``LayerNorm(..., eps=1e-5)``). The public vision models use 1e-6 (``ToSTCAB``, ``ln_eps``)."""
 
 TSSA_NORM_FLOOR = 1e-12
 """Floor on each head column's norm over the tokens: w / max(||w_{.,i}||, 1e-12)
@@ -824,12 +825,14 @@ class Block(Module):
         x <- x + gamma1 * attn(LN_1(x)),   x <- x + gamma2 * MLP(LN_2(x)).
 
     Children: 'ln_1', 'attn' (TSSA / CausalTSSA / SoftmaxAttention), 'ln_2', 'mlp';
-    params: 'gamma1', 'gamma2' (D,) initialised to ``layer_scale_init``.
+    params: 'gamma1', 'gamma2' (D,) initialised to ``layer_scale_init``; both LayerNorms use
+    ``ln_eps`` (1e-5 in the public language model, 1e-6 in the public vision models).
     ``attention`` is 'tssa' or 'softmax'; ``causal=True`` needs ``block_size``."""
 
     def __init__(
         self, dim, num_heads, attention="tssa", causal=False, block_size=None, mlp_ratio=4,
         layer_scale_init=1.0, dtype=np.float32, rng=None, proj_std=INIT_STD,
+        ln_eps=LAYERNORM_EPS,
     ):  # fmt: skip
         super().__init__()
         if attention not in ATTENTIONS:
@@ -838,14 +841,14 @@ class Block(Module):
             raise ValueError("block_size: required when causal=True")
         rng, dtype = _rng(rng), np.dtype(dtype)
         self.dim = dim
-        self.ln_1 = LayerNorm(dim, dtype=dtype)
+        self.ln_1 = LayerNorm(dim, dtype=dtype, eps=ln_eps)
         if attention == "tssa" and causal:
             self.attn = CausalTSSA(dim, num_heads, block_size, dtype, rng, proj_std)
         elif attention == "tssa":
             self.attn = TSSA(dim, num_heads, dtype, rng, proj_std)
         else:
             self.attn = SoftmaxAttention(dim, num_heads, causal, block_size, dtype, rng, proj_std)
-        self.ln_2 = LayerNorm(dim, dtype=dtype)
+        self.ln_2 = LayerNorm(dim, dtype=dtype, eps=ln_eps)
         self.mlp = MLP(dim, mlp_ratio, dtype=dtype, rng=rng, proj_std=proj_std)
         self.params = {
             "gamma1": np.full(dim, layer_scale_init, dtype=dtype),
