@@ -366,8 +366,9 @@ class ToSTCAB(Module):
         self.patch_embed = ConvStem(in_chans, dim, stages, dtype, rng)
         self.pos_embeder = FourierPositionalEncoding(dim, dtype=dtype, rng=rng)
         self.blocks = ModuleList(
-            Block(dim, num_heads, "tssa", False, None, mlp_ratio, eta, dtype, rng, INIT_STD,
-                  ln_eps)  # fmt: skip
+            Block(
+                dim, num_heads, "tssa", False, None, mlp_ratio, eta, dtype, rng, INIT_STD, ln_eps
+            )  # fmt: skip
             for _ in range(depth)
         )
         self.cls_attn_blocks = ModuleList(

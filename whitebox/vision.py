@@ -28,12 +28,12 @@ import numpy as np
 
 from .backend import get_array_module, to_device
 from .nn import (
+    GELU,
+    MLP,
     LayerNorm,
     Linear,
-    MLP,
     Module,
     ModuleList,
-    GELU,
     _as_dtype,
     _check_heads,
     _prefixed,
@@ -140,7 +140,9 @@ def batchnorm2d_forward(x, params, buffers, training, momentum=BATCHNORM_MOMENTU
     if training:
         m = x.shape[0] * x.shape[2] * x.shape[3]
         if m < 2:
-            raise ValueError(f"x: BatchNorm in training mode needs > 1 value per channel, got {x.shape}")
+            raise ValueError(
+                f"x: BatchNorm in training mode needs > 1 value per channel, got {x.shape}"
+            )
         mu = x.mean(axis=(0, 2, 3))  # (C,)
         xc = x - mu.reshape(1, C, 1, 1)
         var = (xc * xc).mean(axis=(0, 2, 3))  # (C,) biased
@@ -203,8 +205,11 @@ def fourier_features(Hp, Wp, hidden_dim=FOURIER_DIM, temperature=FOURIER_TEMPERA
     y = np.where(even, np.sin(y), np.cos(y))
     x = np.where(even, np.sin(x), np.cos(x))
     feats = np.concatenate(
-        [np.broadcast_to(y[:, None], (Hp, Wp, hidden_dim)),
-         np.broadcast_to(x[None, :], (Hp, Wp, hidden_dim))], axis=-1,
+        [
+            np.broadcast_to(y[:, None], (Hp, Wp, hidden_dim)),
+            np.broadcast_to(x[None, :], (Hp, Wp, hidden_dim)),
+        ],
+        axis=-1,
     )  # fmt: skip  (Hp, Wp, 2 hidden_dim)
     return feats.reshape(Hp * Wp, 2 * hidden_dim).astype(dtype)
 
@@ -338,7 +343,11 @@ class BatchNorm2d(Module):
         if getattr(x, "ndim", None) != 4 or x.shape[1] != C:
             raise ValueError(f"x: expected shape (B, {C}, H, W), got {getattr(x, 'shape', None)}")
         y, self._cache = batchnorm2d_forward(
-            _as_dtype(x, self.dtype), self.params, self.buffers, self.training, self.momentum,
+            _as_dtype(x, self.dtype),
+            self.params,
+            self.buffers,
+            self.training,
+            self.momentum,
             self.eps,
         )
         if self.training:
@@ -363,7 +372,9 @@ class ConvStem(Module):
     def __init__(self, in_chans, dim, stages, dtype=np.float32, rng=None):
         super().__init__()
         if stages < 1 or dim % 2 ** (stages - 1):
-            raise ValueError(f"stages: dim={dim} must be divisible by 2^(stages-1), stages={stages}")
+            raise ValueError(
+                f"stages: dim={dim} must be divisible by 2^(stages-1), stages={stages}"
+            )
         rng = _rng(rng)
         chans = [in_chans] + [dim // 2 ** (stages - 1 - s) for s in range(stages)]
         layers = []
@@ -486,7 +497,9 @@ class ClassAttentionBlock(Module):
     def forward(self, x):
         xp = get_array_module(x)
         if getattr(x, "ndim", None) != 3 or x.shape[-1] != self.dim or x.shape[1] < 1:
-            raise ValueError(f"x: expected shape (B, N, {self.dim}), got {getattr(x, 'shape', None)}")
+            raise ValueError(
+                f"x: expected shape (B, N, {self.dim}), got {getattr(x, 'shape', None)}"
+            )
         g1, g2 = self.params["gamma1"], self.params["gamma2"]
         a = self.attn.forward(self.norm1.forward(x))  # (B, N, D)
         x1 = x + g1 * a
