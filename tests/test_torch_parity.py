@@ -610,3 +610,25 @@ def test_tost_cab_parity(training, stages, H):
     # and back: the public model loads whitebox's state with strict names
     fresh = TorchToSTCAB(3, 5, dim, 2, 2, stages, eta).double()
     fresh.load_state_dict({k: torch.tensor(v) for k, v in after.items()}, strict=True)
+
+
+def test_convert_pt_script_vision_checkpoint(tmp_path):
+    """A DeiT-style checkpoint of a ToST-CAB (DDP prefix, BatchNorm buffers) converts and loads."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_pt.py"
+    spec = importlib.util.spec_from_file_location("convert_pt", path)
+    convert_pt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert_pt)
+    theirs = randomize_torch_buffers(randomize_torch(TorchToSTCAB(3, 4, 8, 1, 2, 2, 1.0), 0), 0)
+    theirs.eval()
+    ckpt = {"model": {"module." + k: v for k, v in theirs.state_dict().items()}, "epoch": 3}
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    names = convert_pt.convert(tmp_path / "checkpoint.pth", tmp_path / "w.npz")
+    assert "patch_embed.proj.0.1.running_var" in names and not any("module." in n for n in names)
+    ours = models.ToSTCAB(image_size=8, patch_size=4, in_chans=3, num_classes=4, dim=8, depth=1,
+                          num_heads=2).eval()  # fmt: skip
+    with np.load(tmp_path / "w.npz") as f:
+        interop.load_official(ours, f)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        ref = theirs(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(ours.forward(x), ref, rtol=1e-4, atol=1e-5)
