@@ -632,3 +632,15 @@ def test_convert_pt_script_vision_checkpoint(tmp_path):
     with torch.no_grad():
         ref = theirs(torch.tensor(x)).numpy()
     np.testing.assert_allclose(ours.forward(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cross_entropy_ignore_index_parity():
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((4, 6))
+    t = np.array([2, -1, 5, -1])
+    zt = torch.tensor(z, requires_grad=True)
+    lt = F.cross_entropy(zt, torch.tensor(t), ignore_index=-1)
+    lt.backward()
+    loss, dz = nn.cross_entropy(z, t, ignore_index=-1)
+    assert loss == pytest.approx(lt.item(), rel=1e-12)
+    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-12, atol=1e-15)

@@ -314,3 +314,65 @@ def test_tost_cab_bad_inputs():
         small_cab(patch_size=3)
     with pytest.raises(ValueError, match="x: contains NaN"):
         m.forward(np.full((1, 2, 8, 8), np.nan))
+
+
+# --------------------------------------------------------------------------------------------
+# Public-code options in whitebox.nn / models: biases off, ignore_index, greedy decoding
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: __import__("whitebox").nn.Linear(5, 4, dtype=F64, bias=False),
+        lambda: __import__("whitebox").nn.LayerNorm(5, dtype=F64, bias=False),
+        lambda: __import__("whitebox").nn.Block(4, 2, "tssa", True, 5, dtype=F64, bias=False),
+        lambda: __import__("whitebox").nn.TSSA(4, 2, dtype=F64, qkv_bias=False),
+    ],
+)
+def test_layers_without_bias_gradients(make):
+    rng = np.random.default_rng(0)
+    layer = make()
+    assert not any(k.endswith("qkv.bias") for k in layer.parameters())
+    randomize(layer, rng)
+    dim = next(iter(layer.parameters().values())).shape[0]
+    assert_small(check_module(layer, rng.standard_normal((2, 3, dim)), rng))
+
+
+def test_language_model_without_bias_loads_bias_free_state():
+    lm = models.ToSTLanguageModel(9, 5, 2, 2, 8, dtype="float64", bias=False)
+    names = interop.official_state(lm)
+    assert not any(k.endswith("bias") and not k.endswith("denom_bias") for k in names)
+    assert len(names) == 2 + 2 * 10 + 1  # wte, wpe; per block 10 weights; ln_f.weight
+    other = models.build(lm.config)
+    interop.load_official(other, names)
+    with pytest.raises(ValueError, match="unknown key"):
+        interop.load_official(other, {**names, "transformer.ln_f.bias": np.zeros(8)})
+
+
+def test_cross_entropy_ignore_index():
+    from whitebox import nn
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 3, 5))
+    t = np.array([[1, -1, 4], [-1, 0, 2]])
+    loss, dz = nn.cross_entropy(z, t, ignore_index=-1)
+    keep = t != -1
+    ref, dref = nn.cross_entropy(z[keep], t[keep])
+    assert loss == ref
+    np.testing.assert_array_equal(dz[keep], dref)
+    assert not dz[~keep].any()
+    assert nn.cross_entropy(z, np.full((2, 3), -1), ignore_index=-1)[0] == 0.0
+
+
+def test_greedy_generation_is_argmax():
+    lm = models.ToSTLanguageModel(7, 6, 1, 2, 8, seed=3)
+    prompt = np.array([[1, 2], [3, 4]])
+    out = lm.generate(prompt, 4, temperature=0)
+    idx = prompt.copy()
+    for _ in range(4):  # the argmax by hand
+        nxt = lm.forward(idx[:, -6:])[:, -1].argmax(-1)
+        idx = np.concatenate([idx, nxt[:, None]], axis=1)
+    np.testing.assert_array_equal(out, idx)
+    with pytest.raises(ValueError, match="temperature"):
+        lm.generate(prompt, 1, temperature=-1.0)

@@ -186,8 +186,8 @@ def load_official(module, state):
 
     Raises ValueError naming the key: unknown names, missing names, and shapes that differ from
     the official shape (which is printed). Returns ``module``."""
-    entries = _entries(module)
     params = _arrays(module)
+    entries = [e for e in _entries(module) if e[1] in params]  # biases may be switched off
     expected = {off: _official_shape(params[ours].shape, t) for off, ours, t in entries}
     state = dict(state.items())
     tied = state.pop(TIED_HEAD, None) if isinstance(module, ToSTLanguageModel) else None

@@ -213,11 +213,20 @@ class ToSTLanguageModel(Module):
     The output head is tied to the token embedding, so ``backward`` adds the head's gradient
     (dlogits^T LN_f(Z_L)) to the embedding's scatter-add gradient in ``wte.weight``.
     Children: 'wte', 'wpe' (Embedding), 'blocks.{l}' (``nn.Block`` with CausalTSSA), 'ln_f'.
-    Init as nanoGPT: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer))."""
+    Init as nanoGPT: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer)).
+
+    ``bias=False`` (the public training script's default, ``bias = False``) removes every bias
+    of the Linears and LayerNorms, so such checkpoints load. ``layer_scale_init``: the public
+    language model initialises gamma1 = gamma2 = 1e-5 (``eta = 1e-5`` in its ``Block``); whitebox
+    keeps 1.0 by default because its models are 2-layer and trained for a few thousand steps,
+    where a 1e-5 start leaves the blocks switched off for most of the run (the residual stream
+    is then almost the embedding); pass 1e-5 to train as the public code does. LayerNorm
+    epsilon 1e-5 as the public language model. ``forward`` returns the logits of every
+    position (the public model returns only the last one when it gets no targets)."""
 
     def __init__(
         self, vocab_size, block_size, n_layer=2, n_head=2, n_embd=32, attention="tssa",
-        mlp_ratio=4, layer_scale_init=1.0, dtype="float32", seed=0,
+        mlp_ratio=4, layer_scale_init=1.0, dtype="float32", seed=0, bias=True,
     ):  # fmt: skip
         super().__init__()
         dtype = np.dtype(dtype)
@@ -226,6 +235,8 @@ class ToSTLanguageModel(Module):
             n_layer=n_layer, n_head=n_head, n_embd=n_embd, attention=attention,
             mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, dtype=dtype.name, seed=seed,
         )  # fmt: skip
+        if not bias:  # only then, so configs of older checkpoints stay as they were
+            self.config["bias"] = False
         rng = np.random.default_rng(seed)
         self.vocab_size, self.block_size, self.n_embd = vocab_size, block_size, n_embd
         proj_std = INIT_STD / np.sqrt(2 * n_layer)
@@ -243,10 +254,11 @@ class ToSTLanguageModel(Module):
                 dtype,
                 rng,
                 proj_std,
+                bias=bias,
             )  # fmt: skip
             for _ in range(n_layer)
         )
-        self.ln_f = LayerNorm(n_embd, dtype=dtype)
+        self.ln_f = LayerNorm(n_embd, dtype=dtype, bias=bias)
 
     def forward(self, idx):
         """idx: (B, T) integer array, T <= block_size. Returns logits (B, T, vocab_size)."""
@@ -282,15 +294,22 @@ class ToSTLanguageModel(Module):
 
         Each step feeds the last ``block_size`` tokens, divides the last logits by
         ``temperature``, keeps the ``top_k`` largest (if given) and samples from the softmax
-        with ``rng`` (a ``np.random.Generator``) or ``np.random.default_rng(seed)``."""
-        if temperature <= 0:
-            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        with ``rng`` (a ``np.random.Generator``) or ``np.random.default_rng(seed)``.
+        ``temperature=0`` is greedy decoding: the argmax of the last logits (the first of
+        equal maxima, as ``torch.argmax``), the public code's ``temperature == 0`` path; no
+        random numbers are drawn then."""
+        if temperature < 0:
+            raise ValueError(f"temperature: expected >= 0 (0: greedy), got {temperature}")
         rng = rng if rng is not None else np.random.default_rng(seed)
         idx = np.array(to_numpy(idx))
         if idx.ndim != 2:
             raise ValueError(f"idx: expected shape (B, T), got {idx.shape}")
         for _ in range(max_new_tokens):
             logits = to_numpy(self.forward(idx[:, -self.block_size :])[:, -1, :])
+            if temperature == 0:
+                nxt = logits.argmax(axis=-1)  # (B,)
+                idx = np.concatenate([idx, nxt[:, None].astype(idx.dtype)], axis=1)
+                continue
             logits = logits.astype(np.float64) / temperature  # (B, V)
             if top_k is not None:
                 k = min(top_k, logits.shape[-1])

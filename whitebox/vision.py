@@ -41,6 +41,8 @@ from .nn import (
     _softmax,
     _softmax_backward,
     _sub,
+    linear_backward,
+    linear_forward,
 )
 
 BATCHNORM_EPS = 1e-5
@@ -234,13 +236,13 @@ def class_attention_forward(u, params, num_heads):
     B, N, D = u.shape
     H = num_heads
     p = D // H
-    qkv, qkv_cache = _linear(u, _sub(params, "qkv"))  # (B, N, 3D)
+    qkv, qkv_cache = linear_forward(u, _sub(params, "qkv"))  # (B, N, 3D)
     qkv = qkv.reshape(B, N, 3, H, p).transpose(2, 0, 3, 1, 4)  # (3, B, H, N, p)
     q0, k, v = qkv[0][:, :, 0], qkv[1], qkv[2]  # (B, H, p), (B, H, N, p), (B, H, N, p)
     scale = p**-0.5
     attn = _softmax(xp.einsum("bhp,bhnp->bhn", q0, k) * scale, axis=-1)  # (B, H, N)
     o = xp.einsum("bhn,bhnp->bhp", attn, v).reshape(B, D)  # (B, D), heads merged
-    cls, proj_cache = _linear(o, _sub(params, "proj"))  # (B, D)
+    cls, proj_cache = linear_forward(o, _sub(params, "proj"))  # (B, D)
     out = xp.concatenate([cls[:, None], u[:, 1:]], axis=1)  # (B, N, D)
     cache = dict(qkv=qkv_cache, proj=proj_cache, q0=q0, k=k, v=v, attn=attn, scale=scale)
     return out, cache
@@ -251,7 +253,7 @@ def class_attention_backward(dout, cache):
     xp = get_array_module(dout)
     q0, k, v, attn, scale = cache["q0"], cache["k"], cache["v"], cache["attn"], cache["scale"]
     B, H, N, p = k.shape
-    do, g_proj = _linear_backward(dout[:, 0], cache["proj"])  # (B, D)
+    do, g_proj = linear_backward(dout[:, 0], cache["proj"])  # (B, D)
     do = do.reshape(B, H, p)
     dattn = xp.einsum("bhp,bhnp->bhn", do, v)  # (B, H, N)
     dv = attn[..., None] * do[:, :, None]  # (B, H, N, p)
@@ -260,27 +262,9 @@ def class_attention_backward(dout, cache):
     dq = xp.zeros_like(k)
     dq[:, :, 0] = xp.einsum("bhn,bhnp->bhp", dscore, k)
     dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, N, 3 * H * p)  # (B, N, 3D)
-    du, g_qkv = _linear_backward(dqkv, cache["qkv"])
+    du, g_qkv = linear_backward(dqkv, cache["qkv"])
     du[:, 1:] += dout[:, 1:]
     return du, {**_prefixed(g_qkv, "qkv"), **_prefixed(g_proj, "proj")}
-
-
-def _linear(x, params):
-    """y = x W (+ b when ``params['bias']`` is not None); see ``nn.linear_forward``."""
-    W, b = params["weight"], params["bias"]
-    y = x.reshape(-1, W.shape[0]) @ W
-    if b is not None:
-        y += b
-    return y.reshape(*x.shape[:-1], W.shape[1]), (x, W, b is not None)
-
-
-def _linear_backward(dy, cache):
-    x, W, has_bias = cache
-    x2, dy2 = x.reshape(-1, W.shape[0]), dy.reshape(-1, W.shape[1])
-    grads = {"weight": x2.T @ dy2}
-    if has_bias:
-        grads["bias"] = dy2.sum(axis=0)
-    return (dy2 @ W.T).reshape(x.shape), grads
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,9 +443,9 @@ class ClassAttention(Module):
         self.last_attn = None
 
     def forward(self, u):
-        p = dict(self.params)
-        p.setdefault("qkv.bias", None)
-        out, self._cache = class_attention_forward(_as_dtype(u, self.dtype), p, self.num_heads)
+        out, self._cache = class_attention_forward(
+            _as_dtype(u, self.dtype), self.params, self.num_heads
+        )
         self.last_attn = self._cache["attn"]
         return out
 
