@@ -376,3 +376,16 @@ def test_greedy_generation_is_argmax():
     np.testing.assert_array_equal(out, idx)
     with pytest.raises(ValueError, match="temperature"):
         lm.generate(prompt, 1, temperature=-1.0)
+
+
+def test_tost_cab_weight_decay_groups():
+    """whitebox never decays temp (the public vision optimizer does: timm's factory reads only
+    the model's own no_weight_decay() and temp is 2-D); matrices and convolutions are decayed."""
+    m = small_cab()
+    decayed = {k for k in m.parameters() if not m.no_weight_decay(k)}
+    assert "blocks.0.attn.temp" not in decayed and "cls_token" not in decayed
+    assert "patch_embed.proj.0.0.weight" in decayed and "head.weight" in decayed
+    assert "pos_embeder.token_projection.weight" in decayed
+    assert "cls_attn_blocks.1.attn.qkv.weight" in decayed
+    assert not any(k.endswith(("bias", "gamma1", "gamma2")) for k in decayed)
+    assert not any(".1.weight" in k and "patch_embed" in k for k in decayed)  # BatchNorm

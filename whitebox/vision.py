@@ -11,6 +11,9 @@ four layers that the simplified :class:`whitebox.models.ToSTClassifier` does not
 * **class attention** (CaiT): after the TSSA blocks a class token is put in front of the patch
   tokens and only it attends (:func:`class_attention_forward`, :class:`ClassAttentionBlock`).
 
+:class:`ToSTCAB` assembles them into the public model (also reachable as ``models.ToSTCAB``
+and ``models.tost_cab``; ``models.build`` rebuilds it from its config).
+
 Layouts are PyTorch's: images (B, C, H, W), tokens (B, N, D), convolution weights
 (C_out, C_in, k, k) (also the layout of CS231n's ``conv_forward``). The contract is the one of
 ``whitebox.nn``: ``y, cache = xxx_forward(x, params)``, ``dx, grads = xxx_backward(dy, cache)``.
@@ -26,16 +29,20 @@ import math
 
 import numpy as np
 
-from .backend import get_array_module, to_device
+from .backend import get_array_module, to_device, to_numpy
 from .nn import (
     GELU,
+    INIT_STD,
     MLP,
+    Block,
     LayerNorm,
     Linear,
     Module,
     ModuleList,
     _as_dtype,
+    _check_finite,
     _check_heads,
+    _normal,
     _prefixed,
     _rng,
     _softmax,
@@ -535,9 +542,198 @@ def buffers_to(module, device):
             m.buffers = {k: to_device(v, device) for k, v in m.buffers.items()}
 
 
+# --------------------------------------------------------------------------------------------
+# The public vision model
+# --------------------------------------------------------------------------------------------
+
+#: The public ``tost_cab_*`` models: size -> (embed_dim D, heads H).
+CAB_SIZES = {"tiny": (192, 4), "small": (384, 8), "medium": (512, 8), "large": (768, 16)}
+#: The names the public code registers (``tost_vision/tost.py``), for patch 16 and 8.
+CAB_NAMES = tuple(
+    f"tost_cab_{size}_{depth}_p{p}"
+    for p in (16, 8)
+    for size, depth in (("tiny", 12), ("small", 12), ("tiny", 24), ("small", 24),
+                        ("medium", 24), ("large", 24))
+)  # fmt: skip
+
+
+class ToSTCAB(Module):
+    r"""The public vision ToST (``VisionTransformer`` of ``tost_vision/tost.py``, XCiT's layout).
+
+    x: (B, C, H, W), any H, W the stem accepts (2^stages divides them for an exact grid).
+
+        Z_0 = ConvStem(x) + fourier_features(Hp, Wp) W_pos + b_pos         (B, N, D)
+        Z_l = Block_l(Z_{l-1})        l = 1..depth  (TSSA, LayerNorm eps 1e-6, LayerScale eta)
+        X_0 = [cls_token; Z_depth]                                          (B, 1 + N, D)
+        X_c = ClassAttentionBlock_c(X_{c-1})   c = 1..cls_attn_layers (the class token only
+                                               attends; TSSA never sees it)
+        logits = LN(X)[:, 0] W_head + b_head                                (B, num_classes)
+
+    ``patch_size`` 16 gives the public four-stage stem (3 -> D/8 -> D/4 -> D/2 -> D), 8 the
+    three-stage one; 2 and 4 (one and two stages) are small members for 8 x 8 images.
+    ``eta`` is LayerScale's init (public: 1.0 with 12 blocks, 1e-5 with 24). Build a public
+    configuration with :func:`tost_cab` (``tost_cab("tost_cab_tiny_12_p16")``).
+
+    Children (named as the public code where whitebox has the same layer): 'patch_embed'
+    (``vision.ConvStem``), 'pos_embeder' (``vision.FourierPositionalEncoding``), 'blocks.{l}'
+    (``nn.Block``), 'cls_attn_blocks.{c}' (``vision.ClassAttentionBlock``), 'norm', 'head';
+    param 'cls_token' (1, 1, D). BatchNorm running statistics are buffers: they are in
+    ``state_dict()`` (and checkpoints) but not in ``parameters()``. ``train()`` / ``eval()``
+    switch BatchNorm between batch and running statistics (default: training, as PyTorch).
+
+    White-box access as ``models.ToSTClassifier``: ``forward(x, return_intermediates=True)``
+    returns ``(logits, inter)`` with ``inter["tokens"]`` = [Z_0, ..., Z_depth] (patch tokens
+    only), ``inter["pi"]`` = Pi of each TSSA block (B, H, N), and ``inter["cls_attn"]`` = the
+    class token's attention over [cls; patches] in each class-attention block (B, H, 1 + N)."""
+
+    def __init__(
+        self, image_size=224, patch_size=16, in_chans=3, num_classes=1000, dim=192, depth=12,
+        num_heads=4, mlp_ratio=4, eta=1.0, cls_attn_layers=2, ln_eps=1e-6, dtype="float32",
+        seed=0,
+    ):  # fmt: skip
+        super().__init__()
+        stages = {2: 1, 4: 2, 8: 3, 16: 4}.get(patch_size)
+        if stages is None:
+            raise ValueError(f"patch_size: expected 2, 4, 8 or 16, got {patch_size}")
+        dtype = np.dtype(dtype)
+        self.config = dict(
+            model="tost_cab", image_size=image_size, patch_size=patch_size, in_chans=in_chans,
+            num_classes=num_classes, dim=dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, eta=eta, cls_attn_layers=cls_attn_layers, ln_eps=ln_eps,
+            dtype=dtype.name, seed=seed,
+        )  # fmt: skip
+        rng = np.random.default_rng(seed)
+        self.image_size, self.patch_size, self.in_chans, self.dim = (
+            image_size, patch_size, in_chans, dim)  # fmt: skip
+        self.patch_embed = ConvStem(in_chans, dim, stages, dtype, rng)
+        self.pos_embeder = FourierPositionalEncoding(dim, dtype=dtype, rng=rng)
+        self.blocks = ModuleList(
+            Block(
+                dim, num_heads, "tssa", False, None, mlp_ratio, eta, dtype, rng, INIT_STD, ln_eps
+            )  # fmt: skip
+            for _ in range(depth)
+        )
+        self.cls_attn_blocks = ModuleList(
+            ClassAttentionBlock(dim, num_heads, mlp_ratio, eta, True, ln_eps, dtype, rng)
+            for _ in range(cls_attn_layers)
+        )
+        self.norm = LayerNorm(dim, dtype=dtype, eps=ln_eps)
+        self.head = Linear(dim, num_classes, dtype=dtype, rng=rng)
+        self.params = {"cls_token": _normal(rng, (1, 1, dim), INIT_STD, dtype)}
+        self.intermediates = None
+        self.training = True
+
+    # ---- modes and buffers (BatchNorm running statistics) ----------------------------------
+
+    def train(self, mode=True):
+        """Training mode (BatchNorm uses and updates batch statistics). Returns self."""
+        self.training = bool(mode)
+        set_training(self, mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (BatchNorm uses its running statistics). Returns self."""
+        return self.train(False)
+
+    def buffers(self):
+        """Ordered dict: dotted name -> live buffer (``patch_embed.proj.0.1.running_mean``...)."""
+        return buffers(self)
+
+    def state_dict(self):
+        """Parameters and buffers: dotted name -> NumPy copy."""
+        out = super().state_dict()
+        out.update({k: np.array(to_numpy(v)) for k, v in self.buffers().items()})
+        return out
+
+    def load_state_dict(self, state):
+        """Copy parameters and buffers from ``state`` (ValueError on missing, unexpected or
+        misshapen entries)."""
+        bufs = self.buffers()
+        missing = [k for k in bufs if k not in state]
+        if missing:
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected []")
+        for k, b in bufs.items():
+            v = np.asarray(to_numpy(state[k]))
+            if v.shape != b.shape:
+                raise ValueError(f"load_state_dict: {k} expected shape {b.shape}, got {v.shape}")
+        super().load_state_dict({k: v for k, v in state.items() if k not in bufs})
+        for k, b in bufs.items():
+            b[...] = get_array_module(b).asarray(to_numpy(state[k]), dtype=b.dtype)
+        return self
+
+    def to(self, device):
+        super().to(device)
+        buffers_to(self, device)
+        return self
+
+    # ---- forward / backward -----------------------------------------------------------------
+
+    def forward(self, x, return_intermediates=False):
+        """x: (B, C, H, W) (or (B, H, W) when C = 1). Returns logits (B, num_classes)."""
+        shape = getattr(x, "shape", None)
+        if shape is not None and len(shape) == 3 and self.in_chans == 1:
+            x = x[:, None]
+        if getattr(x, "ndim", None) != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"x: expected shape (B, {self.in_chans}, H, W), got {shape}")
+        _check_finite(x)
+        xp = get_array_module(self.params["cls_token"])
+        self._in_shape = shape
+        x = xp.asarray(x, dtype=self.dtype)
+        z, (Hp, Wp) = self.patch_embed.forward(x)  # (B, N, D)
+        z = z + self.pos_embeder.forward(Hp, Wp)
+        tokens, pis = [z], []
+        for blk in self.blocks:
+            z = blk.forward(z)
+            tokens.append(z)
+            pis.append(blk.attn.last_pi)
+        self.intermediates = {"tokens": tokens, "pi": pis}
+        B = z.shape[0]
+        cls = xp.broadcast_to(self.params["cls_token"], (B, 1, self.dim))
+        z = xp.concatenate([cls, z], axis=1)  # (B, 1 + N, D): the class token joins now
+        cls_attn = []
+        for blk in self.cls_attn_blocks:
+            z = blk.forward(z)
+            cls_attn.append(blk.attn.last_attn)
+        self.intermediates["cls_attn"] = cls_attn
+        self._n_tokens = z.shape[1]
+        logits = self.head.forward(self.norm.forward(z[:, 0]))  # LN is per token
+        return (logits, self.intermediates) if return_intermediates else logits
+
+    def backward(self, dlogits):
+        """dlogits: (B, num_classes). Fills every gradient; returns dx in the input's shape."""
+        xp = get_array_module(dlogits)
+        d0 = self.norm.backward(self.head.backward(dlogits))  # (B, D)
+        B = d0.shape[0]
+        dz = xp.zeros((B, self._n_tokens, self.dim), dtype=d0.dtype)
+        dz[:, 0] = d0
+        for blk in reversed(self.cls_attn_blocks._items):
+            dz = blk.backward(dz)
+        self.grads = {"cls_token": dz[:, :1].sum(axis=0, keepdims=True)}
+        dz = dz[:, 1:]
+        for blk in reversed(self.blocks._items):
+            dz = blk.backward(dz)
+        self.pos_embeder.backward(dz.sum(axis=0))  # the encoding is shared by the batch
+        dx = self.patch_embed.backward(dz)
+        return dx.reshape(self._in_shape)
+
+
+def tost_cab(name, **overrides):
+    """A public vision configuration by name, e.g. ``tost_cab("tost_cab_tiny_12_p16")``
+    (one of :data:`CAB_NAMES`); ``overrides`` go to :class:`ToSTCAB` (num_classes, dtype...)."""
+    if name not in CAB_NAMES:
+        raise ValueError(f"name: expected one of {list(CAB_NAMES)}, got {name!r}")
+    _, size, depth, p = name.split("_")[1:]
+    dim, heads = CAB_SIZES[size]
+    depth = int(depth)
+    kw = dict(patch_size=int(p[1:]), dim=dim, depth=depth, num_heads=heads,
+              eta=1.0 if depth == 12 else 1e-5)  # fmt: skip
+    kw.update(overrides)
+    return ToSTCAB(**kw)
+
+
 __all__ = [
     "BATCHNORM_EPS", "BATCHNORM_MOMENTUM", "FOURIER_DIM", "FOURIER_EPS", "FOURIER_SCALE",
-    "FOURIER_TEMPERATURE", "BatchNorm2d", "ClassAttention", "ClassAttentionBlock", "Conv2d",
+    "FOURIER_TEMPERATURE", "CAB_NAMES", "CAB_SIZES", "ToSTCAB", "tost_cab", "BatchNorm2d", "ClassAttention", "ClassAttentionBlock", "Conv2d",
     "ConvStem", "FourierPositionalEncoding", "batchnorm2d_backward", "batchnorm2d_forward",
     "buffers", "buffers_to", "class_attention_backward", "class_attention_forward",
     "conv2d_backward", "conv2d_forward", "fourier_features", "set_training",
