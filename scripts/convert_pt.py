@@ -3,13 +3,17 @@
     python scripts/convert_pt.py ckpt.pt weights.npz [--key model]
 
 Accepts a bare ``state_dict`` or a training checkpoint holding one under ``--key`` (nanoGPT
-saves ``{"model": state_dict, "model_args": {...}, ...}``; when ``--key`` is not given,
-"model" and "state_dict" are tried). The ``_orig_mod.`` prefix that ``torch.compile`` adds
-is removed. A checkpoint's ``model_args`` are written next to the output as JSON. Names and
+saves ``{"model": state_dict, "model_args": {...}, ...}``, the public vision training (DeiT's
+``main.py``) ``{"model": state_dict, "optimizer": ..., "epoch": ..., "args": ...}``; when
+``--key`` is not given, "model" and "state_dict" are tried; pass ``--key model_ema`` for the
+EMA weights). The ``_orig_mod.`` prefix that ``torch.compile`` adds and the ``module.`` prefix
+of a ``DistributedDataParallel`` wrapper are removed. Buffers (BatchNorm ``running_mean``,
+``running_var``, ``num_batches_tracked``) are kept: ``load_official`` reads them. A checkpoint's ``model_args`` are written next to the output as JSON. Names and
 layouts are kept as they are (``load_official`` does the transposes). Needs torch, which is
 never a dependency of the library.
 
-Load the result with ``whitebox.interop.load_official(model, np.load("weights.npz"))``.
+Load the result with ``whitebox.interop.load_official(model, np.load("weights.npz"))``, e.g.
+``model = whitebox.models.tost_cab("tost_cab_tiny_12_p16")`` for a public vision checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 COMPILE_PREFIX = "_orig_mod."
+DDP_PREFIX = "module."
 
 
 def convert(src, dst, key=None):
@@ -43,7 +48,7 @@ def convert(src, dst, key=None):
     for name, value in state.items():
         if not torch.is_tensor(value):
             continue
-        name = name.removeprefix(COMPILE_PREFIX)
+        name = name.removeprefix(COMPILE_PREFIX).removeprefix(DDP_PREFIX)
         if value.dtype == torch.bfloat16:  # NumPy has no bfloat16
             value = value.float()
         arrays[name] = value.detach().cpu().numpy()

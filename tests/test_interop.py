@@ -107,3 +107,43 @@ def test_tied_head_in_checkpoint():
     untied = dict(state, **{"lm_head.weight": state["transformer.wte.weight"] + 1})
     with pytest.raises(ValueError, match="lm_head.weight"):
         interop.load_official(make("lm", 3), untied)
+
+
+def test_tost_cab_names_layouts_and_buffers(tmp_path):
+    m = models.tost_cab("tost_cab_tiny_12_p16", num_classes=7)
+    st = interop.official_state(m)
+    assert st["patch_embed.proj.0.0.weight"].shape == (24, 3, 3, 3)
+    assert st["patch_embed.proj.6.0.weight"].shape == (192, 96, 3, 3)
+    assert "patch_embed.proj.1.0.weight" not in st  # index 1 is a GELU
+    for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        assert f"patch_embed.proj.4.1.{k}" in st
+    assert st["patch_embed.proj.0.1.num_batches_tracked"].shape == ()
+    assert st["pos_embeder.token_projection.weight"].shape == (192, 64, 1, 1)
+    np.testing.assert_array_equal(
+        st["pos_embeder.token_projection.weight"][:, :, 0, 0],
+        m.pos_embeder.token_projection.params["weight"].T,
+    )
+    assert st["blocks.3.attn.qkv.weight"].shape == (192, 192)
+    assert st["blocks.3.attn.to_out.0.weight"].shape == (192, 192)
+    assert st["blocks.3.mlp.fc1.weight"].shape == (768, 192) and "blocks.3.norm1.bias" in st
+    assert st["cls_attn_blocks.1.attn.qkv.weight"].shape == (576, 192)
+    assert st["cls_attn_blocks.1.attn.qkv.bias"].shape == (576,)
+    assert st["cls_token"].shape == (1, 1, 192) and st["head.weight"].shape == (7, 192)
+    # round trip through an .npz with perturbed weights and buffers
+    rng = np.random.default_rng(0)
+    for k, v in st.items():
+        st[k] = v + (rng.standard_normal(v.shape) if v.dtype.kind == "f" else 5)
+    np.savez(tmp_path / "w.npz", **st)
+    other = models.tost_cab("tost_cab_tiny_12_p16", num_classes=7, seed=1)
+    with np.load(tmp_path / "w.npz") as f:
+        interop.load_official(other, f)
+    back = interop.official_state(other)
+    for k, v in st.items():
+        np.testing.assert_allclose(back[k], v, rtol=1e-6, err_msg=k)
+    assert int(other.buffers()["patch_embed.proj.2.1.num_batches_tracked"]) == 5
+    del st["patch_embed.proj.2.1.running_mean"]
+    with pytest.raises(ValueError, match="running_mean"):
+        interop.load_official(other, st)
+    st["patch_embed.proj.2.1.running_mean"] = np.zeros(5)
+    with pytest.raises(ValueError, match="expected shape"):
+        interop.load_official(other, st)

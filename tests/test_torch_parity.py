@@ -2,6 +2,8 @@
 
 Outputs and gradients (``interop.official_grads`` vs ``.grad``) for TSSA, CausalTSSA and a
 whole small language model loaded through ``interop.load_official(official_state(torch))``;
+the vision layers (convolution + BatchNorm in both modes with the running buffers, the Fourier
+encoding, class attention) and whole ToST-CAB models with the public names;
 also AdamW against ``torch.optim.AdamW`` and ``cross_entropy`` against ``F.cross_entropy``.
 Skipped when torch is not installed; torch is never a dependency of the library."""
 
@@ -16,7 +18,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 tnn = torch.nn
 
-from whitebox import interop, models, nn  # noqa: E402
+from whitebox import interop, models, nn, vision  # noqa: E402
 
 pytestmark = pytest.mark.torch
 F64 = np.float64
@@ -354,3 +356,291 @@ def test_convert_pt_script(tmp_path):
     with torch.no_grad():
         ref = theirs(torch.tensor(idx)).numpy()
     np.testing.assert_allclose(ours.forward(idx), ref, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The vision ToST-CAB (``tost_vision/tost.py``): reference modules with the public names
+# --------------------------------------------------------------------------------------------
+
+
+class TorchFourier(tnn.Module):
+    """``PositionalEncodingFourier`` (its features here in the model's dtype, see below)."""
+
+    def __init__(self, dim, hidden_dim=32, temperature=10000):
+        super().__init__()
+        self.token_projection = tnn.Conv2d(hidden_dim * 2, dim, kernel_size=1)
+        self.scale, self.temperature, self.hidden_dim = 2 * math.pi, temperature, hidden_dim
+
+    def forward(self, B, H, W):
+        dt = self.token_projection.weight.dtype  # the public code: torch.float32 always
+        not_mask = torch.ones(B, H, W, dtype=torch.bool)
+        y_embed = not_mask.cumsum(1, dtype=dt)
+        x_embed = not_mask.cumsum(2, dtype=dt)
+        y_embed = y_embed / (y_embed[:, -1:, :] + 1e-6) * self.scale
+        x_embed = x_embed / (x_embed[:, :, -1:] + 1e-6) * self.scale
+        dim_t = torch.arange(self.hidden_dim, dtype=dt)
+        dim_t = self.temperature ** (2 * (dim_t // 2) / self.hidden_dim)
+        pos_x = x_embed[:, :, :, None] / dim_t
+        pos_y = y_embed[:, :, :, None] / dim_t
+        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        return self.token_projection(torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2))
+
+
+def torch_conv3x3(c_in, c_out):
+    return tnn.Sequential(tnn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), tnn.BatchNorm2d(c_out))
+
+
+class TorchConvStem(tnn.Module):
+    def __init__(self, in_chans, dim, stages):
+        super().__init__()
+        chans = [in_chans] + [dim // 2 ** (stages - 1 - s) for s in range(stages)]
+        layers = []
+        for s in range(stages):
+            layers += [torch_conv3x3(chans[s], chans[s + 1])] + (
+                [tnn.GELU()] if s < stages - 1 else []
+            )
+        self.proj = tnn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
+
+
+class TorchTimmMlp(tnn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = tnn.Linear(dim, hidden), tnn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class TorchVisionBlock(tnn.Module):
+    def __init__(self, dim, heads, eta):
+        super().__init__()
+        self.norm1 = tnn.LayerNorm(dim, eps=1e-6)
+        self.attn = TorchTSSA(dim, heads)
+        self.norm2 = tnn.LayerNorm(dim, eps=1e-6)
+        self.mlp = TorchTimmMlp(dim, 4 * dim)
+        self.gamma1 = tnn.Parameter(eta * torch.ones(dim))
+        self.gamma2 = tnn.Parameter(eta * torch.ones(dim))
+
+    def forward(self, x):
+        x = x + self.gamma1 * self.attn(self.norm1(x))
+        return x + self.gamma2 * self.mlp(self.norm2(x))
+
+
+class TorchClassAttention(tnn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.num_heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = tnn.Linear(dim, 3 * dim, bias=True)
+        self.proj = tnn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = (
+            self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = ((q[:, :, 0:1] * k).sum(dim=-1) * self.scale).softmax(dim=-1)
+        cls = self.proj((attn.unsqueeze(2) @ v).transpose(1, 2).reshape(B, 1, C))
+        return torch.cat([cls, x[:, 1:]], dim=1)
+
+
+class TorchClassAttentionBlock(tnn.Module):
+    """``ClassAttentionBlock`` with ``tokens_norm=True``."""
+
+    def __init__(self, dim, heads, eta):
+        super().__init__()
+        self.norm1 = tnn.LayerNorm(dim, eps=1e-6)
+        self.attn = TorchClassAttention(dim, heads)
+        self.norm2 = tnn.LayerNorm(dim, eps=1e-6)
+        self.mlp = TorchTimmMlp(dim, 4 * dim)
+        self.gamma1 = tnn.Parameter(eta * torch.ones(dim))
+        self.gamma2 = tnn.Parameter(eta * torch.ones(dim))
+
+    def forward(self, x):
+        x = x + self.gamma1 * self.attn(self.norm1(x))
+        x = self.norm2(x)
+        x_res = x
+        cls_token = self.gamma2 * self.mlp(x[:, 0:1])
+        return x_res + torch.cat([cls_token, x[:, 1:]], dim=1)
+
+
+class TorchToSTCAB(tnn.Module):
+    def __init__(self, in_chans, num_classes, dim, depth, heads, stages, eta):
+        super().__init__()
+        self.patch_embed = TorchConvStem(in_chans, dim, stages)
+        self.cls_token = tnn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = tnn.ModuleList(TorchVisionBlock(dim, heads, eta) for _ in range(depth))
+        self.cls_attn_blocks = tnn.ModuleList(
+            TorchClassAttentionBlock(dim, heads, eta) for _ in range(2)
+        )
+        self.norm = tnn.LayerNorm(dim, eps=1e-6)
+        self.head = tnn.Linear(dim, num_classes)
+        self.pos_embeder = TorchFourier(dim)
+
+    def forward(self, x):
+        B = x.shape[0]
+        x, (Hp, Wp) = self.patch_embed(x)
+        x = x + self.pos_embeder(B, Hp, Wp).reshape(B, -1, x.shape[1]).permute(0, 2, 1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
+        for blk in self.cls_attn_blocks:
+            x = blk(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def randomize_torch_buffers(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.3 * torch.randn(b.shape, generator=g, dtype=b.dtype))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g, dtype=b.dtype))
+    return module
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("stride,pad,H", [(2, 1, 8), (2, 1, 7), (1, 1, 5)])
+def test_conv_batchnorm_parity(training, stride, pad, H):
+    rng = np.random.default_rng(H)
+    conv_t = randomize_torch(tnn.Conv2d(3, 4, 3, stride, pad, bias=False).double(), 0)
+    bn_t = randomize_torch_buffers(randomize_torch(tnn.BatchNorm2d(4).double(), 1), 2)
+    bn_t.train(training)
+    theirs = tnn.Sequential(conv_t, bn_t)
+    conv = vision.Conv2d(3, 4, 3, stride, pad, dtype=F64)
+    conv.params["weight"][...] = conv_t.weight.detach().numpy()
+    bn = vision.BatchNorm2d(4, dtype=F64)
+    bn.training = training
+    bn.params = {k: bn_t.state_dict()[k].numpy().copy() for k in ("weight", "bias")}
+    for k in bn.buffers:
+        bn.buffers[k][...] = bn_t.state_dict()[k].numpy()
+
+    class Pair:
+        def forward(self, x):
+            return bn.forward(conv.forward(x))
+
+        def backward(self, d):
+            return conv.backward(bn.backward(d))
+
+    y, y_t, dx, dx_t = run_both(Pair(), theirs, rng.standard_normal((2, 3, H, H)), rng)
+    np.testing.assert_allclose(y, y_t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        conv.grads["weight"], conv_t.weight.grad.numpy(), rtol=1e-10, atol=1e-12
+    )
+    for k in ("weight", "bias"):
+        np.testing.assert_allclose(
+            bn.grads[k], getattr(bn_t, k).grad.numpy(), rtol=1e-10, atol=1e-12
+        )
+    for k in bn.buffers:  # running statistics after the step (unchanged in eval)
+        np.testing.assert_allclose(bn.buffers[k], bn_t.state_dict()[k].numpy(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("Hp,Wp", [(1, 1), (3, 5), (14, 14)])
+def test_fourier_encoding_parity(Hp, Wp):
+    theirs = randomize_torch(TorchFourier(6).double(), Hp)
+    ours = vision.FourierPositionalEncoding(6, dtype=F64)
+    sd = theirs.state_dict()
+    ours.token_projection.params["weight"][...] = (
+        sd["token_projection.weight"].numpy()[:, :, 0, 0].T
+    )
+    ours.token_projection.params["bias"][...] = sd["token_projection.bias"].numpy()
+    pos_t = theirs(2, Hp, Wp)  # (2, D, Hp, Wp)
+    G = np.random.default_rng(0).standard_normal((Hp * Wp, 6))
+    (pos_t.reshape(2, 6, -1).permute(0, 2, 1)[0] * torch.tensor(G)).sum().backward()
+    pos = ours.forward(Hp, Wp)
+    ours.backward(G)
+    np.testing.assert_allclose(pos, pos_t.reshape(2, 6, -1).permute(0, 2, 1)[1].detach().numpy(),
+                               rtol=1e-10, atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(ours.token_projection.grads["weight"],
+                               theirs.token_projection.weight.grad.numpy()[:, :, 0, 0].T,
+                               rtol=1e-10, atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        ours.token_projection.grads["bias"],
+        theirs.token_projection.bias.grad.numpy(),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_class_attention_block_parity(num_heads):
+    rng = np.random.default_rng(num_heads)
+    theirs = randomize_torch(TorchClassAttentionBlock(8, num_heads, 1.0).double(), num_heads)
+    ours = vision.ClassAttentionBlock(8, num_heads, dtype=F64)
+    state = {
+        k.replace("mlp.fc1", "mlp.c_fc").replace("mlp.fc2", "mlp.c_proj"): v
+        for k, v in torch_state(theirs).items()
+    }
+    for k, v in state.items():
+        w = v.T if k.endswith("weight") and ("qkv" in k or "proj" in k or "mlp" in k) else v
+        ours.parameters()[k][...] = w
+    y, y_t, dx, dx_t = run_both(ours, theirs, rng.standard_normal((2, 5, 8)), rng)
+    np.testing.assert_allclose(y, y_t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("stages,H", [(4, 32), (3, 24), (2, 8)])
+def test_tost_cab_parity(training, stages, H):
+    """The whole model, loaded through ``load_official``: logits, input gradient, every
+    parameter gradient and (training) the BatchNorm buffers after the step."""
+    rng = np.random.default_rng(stages)
+    dim, eta = 16, (1.0 if stages != 3 else 1e-5)
+    theirs = TorchToSTCAB(3, 5, dim, 2, 2, stages, eta).double()
+    randomize_torch_buffers(randomize_torch(theirs, stages), stages)
+    theirs.train(training)
+    ours = models.ToSTCAB(image_size=H, patch_size=2**stages, in_chans=3, num_classes=5,
+                          dim=dim, depth=2, num_heads=2, eta=eta, dtype="float64")  # fmt: skip
+    interop.load_official(ours, torch_state(theirs))
+    ours.train(training)
+    y, y_t, dx, dx_t = run_both(ours, theirs, rng.standard_normal((2, 3, H, H)), rng)
+    np.testing.assert_allclose(y, y_t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-10, atol=1e-13)
+    assert_grads_match(interop.official_grads(ours), torch_grads(theirs), 1e-10)
+    after = interop.official_state(ours)
+    for k, v in torch_state(theirs).items():
+        np.testing.assert_allclose(after[k], v, rtol=1e-12, atol=0, err_msg=k)
+    # and back: the public model loads whitebox's state with strict names
+    fresh = TorchToSTCAB(3, 5, dim, 2, 2, stages, eta).double()
+    fresh.load_state_dict({k: torch.tensor(v) for k, v in after.items()}, strict=True)
+
+
+def test_convert_pt_script_vision_checkpoint(tmp_path):
+    """A DeiT-style checkpoint of a ToST-CAB (DDP prefix, BatchNorm buffers) converts and loads."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_pt.py"
+    spec = importlib.util.spec_from_file_location("convert_pt", path)
+    convert_pt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert_pt)
+    theirs = randomize_torch_buffers(randomize_torch(TorchToSTCAB(3, 4, 8, 1, 2, 2, 1.0), 0), 0)
+    theirs.eval()
+    ckpt = {"model": {"module." + k: v for k, v in theirs.state_dict().items()}, "epoch": 3}
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    names = convert_pt.convert(tmp_path / "checkpoint.pth", tmp_path / "w.npz")
+    assert "patch_embed.proj.0.1.running_var" in names and not any("module." in n for n in names)
+    ours = models.ToSTCAB(image_size=8, patch_size=4, in_chans=3, num_classes=4, dim=8, depth=1,
+                          num_heads=2).eval()  # fmt: skip
+    with np.load(tmp_path / "w.npz") as f:
+        interop.load_official(ours, f)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        ref = theirs(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(ours.forward(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cross_entropy_ignore_index_parity():
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((4, 6))
+    t = np.array([2, -1, 5, -1])
+    zt = torch.tensor(z, requires_grad=True)
+    lt = F.cross_entropy(zt, torch.tensor(t), ignore_index=-1)
+    lt.backward()
+    loss, dz = nn.cross_entropy(z, t, ignore_index=-1)
+    assert loss == pytest.approx(lt.item(), rel=1e-12)
+    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-12, atol=1e-15)

@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = [
     "CharCodec", "SubspaceMixture", "digits_normalization", "load_digits_split", "load_text",
-    "normalize_images", "random_orthonormal_bases", "random_shift", "subspace_mixture",
+    "check_input_norm", "normalize_images", "random_orthonormal_bases", "random_shift", "subspace_mixture",
 ]  # fmt: skip
 
 
@@ -116,6 +116,18 @@ def digits_normalization(Xtr) -> dict:
     to zero mean and unit variance (mean and std of x / scale over the whole training set)."""
     x = np.asarray(Xtr, dtype=np.float32) / np.float32(DIGITS_MAX)
     return {"scale": DIGITS_MAX, "mean": float(x.mean()), "std": float(x.std())}
+
+
+def check_input_norm(norm) -> None:
+    """A ValueError naming ``input_norm`` unless it is None or {"scale", "mean", "std"} with
+    finite values, scale > 0 and std > 0."""
+    if norm is not None and (
+        not isinstance(norm, dict)
+        or set(norm) != {"scale", "mean", "std"}
+        or not all(np.isfinite(float(v)) for v in norm.values())
+        or not (norm["scale"] > 0 and norm["std"] > 0)
+    ):
+        raise ValueError(f"input_norm: expected finite scale > 0, mean, std > 0; got {norm!r}")
 
 
 def normalize_images(x, norm):

@@ -14,6 +14,20 @@ Linear weights are transposed on the way in and out. Names:
   ``transformer.h.{i}.mlp.c_proj.{weight,bias}``, ``transformer.h.{i}.gamma1``,
   ``transformer.h.{i}.gamma2``, ``transformer.ln_f.{weight,bias}``. The head is tied to
   ``wte``; a checkpoint may also carry ``lm_head.weight``, which must then equal ``wte``.
+* ``models.ToSTCAB`` (``VisionTransformer`` of ``tost_vision/tost.py``):
+  ``patch_embed.proj.{2s}.0.weight`` (C_out, C_in, 3, 3) as is,
+  ``patch_embed.proj.{2s}.1.{weight,bias,running_mean,running_var,num_batches_tracked}``
+  (BatchNorm, buffers included), ``pos_embeder.token_projection.weight`` (D, 64, 1, 1) <->
+  whitebox (64, D), ``pos_embeder.token_projection.bias``, ``cls_token``,
+  ``blocks.{i}.norm1`` <-> ``blocks.{i}.ln_1``, ``blocks.{i}.attn.{qkv.*,temp}``,
+  ``blocks.{i}.attn.to_out.0.*`` <-> ``blocks.{i}.attn.proj.*``, ``blocks.{i}.norm2`` <->
+  ``ln_2``, ``blocks.{i}.mlp.fc1`` / ``fc2`` <-> ``mlp.c_fc`` / ``mlp.c_proj``,
+  ``blocks.{i}.gamma{1,2}``, ``cls_attn_blocks.{c}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,
+  mlp.fc2,gamma1,gamma2}`` (the same names in whitebox, fc1/fc2 as c_fc/c_proj),
+  ``norm.*``, ``head.*``. A ``state_dict`` of the public model loads with every name.
+
+A layout is one of: as is, transposed (a Linear weight), or ``"conv1x1"`` (a 1 x 1
+convolution's (out, in, 1, 1) weight <-> a whitebox Linear's (in, out)).
 
 Arrays may be NumPy arrays, anything ``np.asarray`` accepts, or PyTorch tensors (read through
 ``.detach().cpu().numpy()`` without importing torch).
@@ -24,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_array_module, to_numpy
-from .models import ToSTLanguageModel
+from .models import ToSTCAB, ToSTLanguageModel
 from .nn import TSSA, CausalTSSA, SoftmaxAttention
 
 TIED_HEAD = "lm_head.weight"
@@ -63,26 +77,100 @@ def _entries(module):
             out += [(o + "gamma1", w + "gamma1", False), (o + "gamma2", w + "gamma2", False)]
         out += [(f"transformer.ln_f.{k}", f"ln_f.{k}", False) for k in ("weight", "bias")]
         return out
+    if isinstance(module, ToSTCAB):
+        return _cab_entries(module)
     raise TypeError(
         f"no official layout for {type(module).__name__} "
-        "(supported: TSSA, CausalTSSA, SoftmaxAttention, ToSTLanguageModel)"
+        "(supported: TSSA, CausalTSSA, SoftmaxAttention, ToSTLanguageModel, ToSTCAB)"
     )
+
+
+_LN = ("weight", "bias")
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _lin(off, ours, bias=True):
+    return [(off + ".weight", ours + ".weight", True)] + (
+        [(off + ".bias", ours + ".bias", False)] if bias else []
+    )
+
+
+def _cab_entries(model):
+    out = []
+    for i, layer in enumerate(model.patch_embed.proj):
+        if len(getattr(layer, "_items", ())) == 2:  # (conv, batchnorm); GELUs have no params
+            p = f"patch_embed.proj.{i}."
+            out += [(p + "0.weight", p + "0.weight", False)]
+            out += [(p + "1." + k, p + "1." + k, False) for k in _BN]
+    out += [
+        ("pos_embeder.token_projection.weight", "pos_embeder.token_projection.weight", "conv1x1"),
+        ("pos_embeder.token_projection.bias", "pos_embeder.token_projection.bias", False),
+        ("cls_token", "cls_token", False),
+    ]
+    for i in range(len(model.blocks)):
+        p = f"blocks.{i}."
+        out += [(p + "norm1." + k, p + "ln_1." + k, False) for k in _LN]
+        out += _lin(p + "attn.qkv", p + "attn.qkv") + [(p + "attn.temp", p + "attn.temp", False)]
+        out += _lin(p + "attn.to_out.0", p + "attn.proj")
+        out += [(p + "norm2." + k, p + "ln_2." + k, False) for k in _LN]
+        out += _lin(p + "mlp.fc1", p + "mlp.c_fc") + _lin(p + "mlp.fc2", p + "mlp.c_proj")
+        out += [(p + "gamma1", p + "gamma1", False), (p + "gamma2", p + "gamma2", False)]
+    for c, blk in enumerate(model.cls_attn_blocks):
+        p = f"cls_attn_blocks.{c}."
+        out += [(p + "norm1." + k, p + "norm1." + k, False) for k in _LN]
+        out += _lin(p + "attn.qkv", p + "attn.qkv", "qkv.bias" in blk.attn.params)
+        out += _lin(p + "attn.proj", p + "attn.proj")
+        out += [(p + "norm2." + k, p + "norm2." + k, False) for k in _LN]
+        out += _lin(p + "mlp.fc1", p + "mlp.c_fc") + _lin(p + "mlp.fc2", p + "mlp.c_proj")
+        out += [(p + "gamma1", p + "gamma1", False), (p + "gamma2", p + "gamma2", False)]
+    return out + [(f"norm.{k}", f"norm.{k}", False) for k in _LN] + _lin("head", "head")
+
+
+def _to_official(a, layout):
+    """whitebox layout -> official layout (NumPy)."""
+    a = to_numpy(a)
+    if layout == "conv1x1":
+        return a.T[:, :, None, None]  # (in, out) -> (out, in, 1, 1)
+    return a.T if layout else a
+
+
+def _from_official(a, layout):
+    if layout == "conv1x1":
+        return a[:, :, 0, 0].T
+    return a.T if layout else a
+
+
+def _official_shape(shape, layout):
+    if layout == "conv1x1":
+        return (shape[1], shape[0], 1, 1)
+    return shape[::-1] if layout else shape
+
+
+def _arrays(module):
+    """Parameters and, for models with running statistics, buffers: name -> live array."""
+    out = dict(module.parameters())
+    if isinstance(module, ToSTCAB):
+        out.update(module.buffers())
+    return out
 
 
 def _export(arrays, module):
     return {
-        off: np.array(to_numpy(arrays[ours]).T if t else to_numpy(arrays[ours]))
+        off: np.array(_to_official(arrays[ours], t))
         for off, ours, t in _entries(module)
+        if ours in arrays
     }
 
 
 def official_state(module):
-    """The parameters of ``module`` as official name -> NumPy array (PyTorch layouts)."""
-    return _export(module.parameters(), module)
+    """The parameters (and BatchNorm buffers) of ``module`` as official name -> NumPy array
+    (PyTorch layouts): what the public model's ``state_dict()`` holds."""
+    return _export(_arrays(module), module)
 
 
 def official_grads(module):
-    """The gradients after ``backward``, in the names and layouts of :func:`official_state`."""
+    """The gradients after ``backward``, in the names and layouts of :func:`official_state`
+    (parameters only: buffers have no gradient)."""
     return _export(module.gradients(), module)
 
 
@@ -98,11 +186,9 @@ def load_official(module, state):
 
     Raises ValueError naming the key: unknown names, missing names, and shapes that differ from
     the official shape (which is printed). Returns ``module``."""
-    entries = _entries(module)
-    params = module.parameters()
-    expected = {
-        off: (params[ours].shape[::-1] if t else params[ours].shape) for off, ours, t in entries
-    }
+    params = _arrays(module)
+    entries = [e for e in _entries(module) if e[1] in params]  # biases may be switched off
+    expected = {off: _official_shape(params[ours].shape, t) for off, ours, t in entries}
     state = dict(state.items())
     tied = state.pop(TIED_HEAD, None) if isinstance(module, ToSTLanguageModel) else None
     unknown = sorted(k for k in state if k not in expected)
@@ -125,6 +211,5 @@ def load_official(module, state):
         )
     for off, ours, t in entries:
         p = params[ours]
-        v = arrays[off].T if t else arrays[off]
-        p[...] = get_array_module(p).asarray(v, dtype=p.dtype)
+        p[...] = get_array_module(p).asarray(_from_official(arrays[off], t), dtype=p.dtype)
     return module

@@ -13,7 +13,7 @@ import numpy as np
 
 from .backend import get_array_module, to_numpy
 from .checkpoint import CheckpointError, load_checkpoint
-from .data import CharCodec, normalize_images
+from .data import CharCodec, check_input_norm, normalize_images
 from .nn import (
     INIT_STD,
     Block,
@@ -26,6 +26,7 @@ from .nn import (
     _check_tokens,
     _normal,
 )
+from .vision import CAB_NAMES, CAB_SIZES, ToSTCAB, tost_cab  # noqa: F401  (the public vision ToST)
 
 
 def _run_blocks(blocks, z):
@@ -70,15 +71,7 @@ class ToSTClassifier(Module):
         dtype="float32", seed=0, input_norm=None,
     ):  # fmt: skip
         super().__init__()
-        if input_norm is not None and (
-            not isinstance(input_norm, dict)
-            or set(input_norm) != {"scale", "mean", "std"}
-            or not all(np.isfinite(float(v)) for v in input_norm.values())
-            or not (input_norm["scale"] > 0 and input_norm["std"] > 0)
-        ):
-            raise ValueError(
-                f"input_norm: expected finite scale > 0, mean, std > 0; got {input_norm!r}"
-            )
+        check_input_norm(input_norm)
         if image_size % patch_size:
             raise ValueError(
                 f"patch_size: image_size={image_size} must be divisible by patch_size={patch_size}"
@@ -230,6 +223,15 @@ class ToSTLanguageModel(Module):
     (dlogits^T LN_f(Z_L)) to the embedding's scatter-add gradient in ``wte.weight``.
     Children: 'wte', 'wpe' (Embedding), 'blocks.{l}' (``nn.Block`` with CausalTSSA), 'ln_f'.
     Init as nanoGPT: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer)).
+
+    ``bias=False`` (the public training script's default, ``bias = False``) removes every bias
+    of the Linears and LayerNorms, so such checkpoints load. ``layer_scale_init``: the public
+    language model initialises gamma1 = gamma2 = 1e-5 (``eta = 1e-5`` in its ``Block``); whitebox
+    keeps 1.0 by default because its models are 2-layer and trained for a few thousand steps,
+    where a 1e-5 start leaves the blocks switched off for most of the run (the residual stream
+    is then almost the embedding); pass 1e-5 to train as the public code does. LayerNorm
+    epsilon 1e-5 as the public language model. ``forward`` returns the logits of every
+    position (the public model returns only the last one when it gets no targets).
     ``vocab`` (a string of ``vocab_size`` distinct characters, stored in the config and so in
     every checkpoint) gives ``encode(text) -> ids`` and ``decode(ids) -> text``."""
 
@@ -247,7 +249,7 @@ class ToSTLanguageModel(Module):
 
     def __init__(
         self, vocab_size, block_size, n_layer=2, n_head=2, n_embd=32, attention="tssa",
-        mlp_ratio=4, layer_scale_init=1.0, dtype="float32", seed=0, vocab=None,
+        mlp_ratio=4, layer_scale_init=1.0, dtype="float32", seed=0, vocab=None, bias=True,
     ):  # fmt: skip
         super().__init__()
         self.codec = None if vocab is None else CharCodec(vocab)
@@ -260,6 +262,8 @@ class ToSTLanguageModel(Module):
             mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, dtype=dtype.name, seed=seed,
             vocab=vocab,
         )  # fmt: skip
+        if not bias:  # only then, so configs of older checkpoints stay as they were
+            self.config["bias"] = False
         rng = np.random.default_rng(seed)
         self.vocab_size, self.block_size, self.n_embd = vocab_size, block_size, n_embd
         proj_std = INIT_STD / np.sqrt(2 * n_layer)
@@ -277,10 +281,11 @@ class ToSTLanguageModel(Module):
                 dtype,
                 rng,
                 proj_std,
+                bias=bias,
             )  # fmt: skip
             for _ in range(n_layer)
         )
-        self.ln_f = LayerNorm(n_embd, dtype=dtype)
+        self.ln_f = LayerNorm(n_embd, dtype=dtype, bias=bias)
 
     def forward(self, idx):
         """idx: (B, T) integer array, T <= block_size. Returns logits (B, T, vocab_size)."""
@@ -316,15 +321,22 @@ class ToSTLanguageModel(Module):
 
         Each step feeds the last ``block_size`` tokens, divides the last logits by
         ``temperature``, keeps the ``top_k`` largest (if given) and samples from the softmax
-        with ``rng`` (a ``np.random.Generator``) or ``np.random.default_rng(seed)``."""
-        if temperature <= 0:
-            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        with ``rng`` (a ``np.random.Generator``) or ``np.random.default_rng(seed)``.
+        ``temperature=0`` is greedy decoding: the argmax of the last logits (the first of
+        equal maxima, as ``torch.argmax``), the public code's ``temperature == 0`` path; no
+        random numbers are drawn then."""
+        if temperature < 0:
+            raise ValueError(f"temperature: expected >= 0 (0: greedy), got {temperature}")
         rng = rng if rng is not None else np.random.default_rng(seed)
         idx = np.array(to_numpy(idx))
         if idx.ndim != 2:
             raise ValueError(f"idx: expected shape (B, T), got {idx.shape}")
         for _ in range(max_new_tokens):
             logits = to_numpy(self.forward(idx[:, -self.block_size :])[:, -1, :])
+            if temperature == 0:
+                nxt = logits.argmax(axis=-1)  # (B,)
+                idx = np.concatenate([idx, nxt[:, None].astype(idx.dtype)], axis=1)
+                continue
             logits = logits.astype(np.float64) / temperature  # (B, V)
             if top_k is not None:
                 k = min(top_k, logits.shape[-1])
@@ -342,12 +354,13 @@ MODELS = {
     "classifier": ToSTClassifier,
     "token_classifier": ToSTTokenClassifier,
     "language_model": ToSTLanguageModel,
+    "tost_cab": ToSTCAB,
 }
 
 
 def build(config):
     """Rebuild a model from its ``config`` (``config["model"]`` is 'classifier',
-    'token_classifier' or 'language_model'; the rest are constructor arguments)."""
+    'token_classifier', 'language_model' or 'tost_cab'; the rest are constructor arguments)."""
     config = dict(config)
     kind = config.pop("model", None)
     if kind not in MODELS:

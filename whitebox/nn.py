@@ -35,7 +35,8 @@ from . import kernels
 from .backend import erf, get_array_module, to_device, to_numpy, to_numpy_many
 
 LAYERNORM_EPS = 1e-5
-"""LayerNorm epsilon (PyTorch's default, as in the public ToST code)."""
+"""Default LayerNorm epsilon: PyTorch's default, as in the public ToST *language* model
+(``LayerNorm(..., eps=1e-5)``). The public vision models use 1e-6 (``ToSTCAB``, ``ln_eps``)."""
 
 TSSA_NORM_FLOOR = 1e-12
 """Floor on each head column's norm over the tokens: w / max(||w_{.,i}||, 1e-12)
@@ -83,8 +84,9 @@ def _reverse_cumsum(a, axis):
 
 
 def _sub(params, prefix):
-    """The entries ``prefix.weight``/``prefix.bias`` of a flat dict as {'weight', 'bias'}."""
-    return {"weight": params[prefix + ".weight"], "bias": params[prefix + ".bias"]}
+    """The entries ``prefix.weight``/``prefix.bias`` of a flat dict as {'weight', 'bias'}
+    (bias None when the layer has none)."""
+    return {"weight": params[prefix + ".weight"], "bias": params.get(prefix + ".bias")}
 
 
 def _prefixed(grads, prefix):
@@ -123,49 +125,58 @@ def linear_forward(x, params):
     """y = x W + b.
 
     x: (..., d_in); params: 'weight' (d_in, d_out) (CS231n layout, the transpose of PyTorch's
-    ``nn.Linear.weight``), 'bias' (d_out,). Returns y: (..., d_out)."""
-    W, b = params["weight"], params["bias"]
+    ``nn.Linear.weight``), 'bias' (d_out,) or absent / None (no bias, y = x W). Returns
+    y: (..., d_out). The cache is (x, W), or (x, W, False) without a bias."""
+    W, b = params["weight"], params.get("bias")
     d_in, d_out = W.shape
     y = x.reshape(-1, d_in) @ W  # (N, d_out): one large matrix product
+    if b is None:
+        return y.reshape(*x.shape[:-1], d_out), (x, W, False)
     y += b
     return y.reshape(*x.shape[:-1], d_out), (x, W)
 
 
 def linear_backward(dy, cache):
-    """dx = dy W^T, dW = x^T dy, db = sum dy (over all leading axes)."""
-    x, W = cache
+    """dx = dy W^T, dW = x^T dy, db = sum dy (over all leading axes; only with a bias)."""
+    x, W, *no_bias = cache
     d_in, d_out = W.shape
     x2 = x.reshape(-1, d_in)  # (N, d_in)
     dy2 = dy.reshape(-1, d_out)  # (N, d_out)
-    grads = {"weight": x2.T @ dy2, "bias": dy2.sum(axis=0)}
+    grads = {"weight": x2.T @ dy2}
+    if not no_bias:
+        grads["bias"] = dy2.sum(axis=0)
     return (dy2 @ W.T).reshape(x.shape), grads
 
 
 def layernorm_forward(x, params, eps=LAYERNORM_EPS):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance).
 
-    x: (..., D); params: 'weight' (D,), 'bias' (D,)."""
+    x: (..., D); params: 'weight' (D,), 'bias' (D,) or absent / None (no bias, as nanoGPT's
+    ``LayerNorm(ndim, bias=False)``)."""
     xp = get_array_module(x)
     mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mu
     var = (xc * xc).mean(axis=-1, keepdims=True)
     rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
     xhat = xc * rstd
-    return xhat * params["weight"] + params["bias"], (xhat, rstd, params["weight"])
+    y = xhat * params["weight"]
+    b = params.get("bias")
+    if b is not None:
+        y += b
+    return y, (xhat, rstd, params["weight"], b is not None)
 
 
 def layernorm_backward(dy, cache):
     """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight."""
-    xhat, rstd, weight = cache
+    xhat, rstd, weight, has_bias = cache
     D = xhat.shape[-1]
     g = dy * weight
     dx = rstd * (
         g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)
     )
-    grads = {
-        "weight": (dy * xhat).reshape(-1, D).sum(axis=0),
-        "bias": dy.reshape(-1, D).sum(axis=0),
-    }
+    grads = {"weight": (dy * xhat).reshape(-1, D).sum(axis=0)}
+    if has_bias:
+        grads["bias"] = dy.reshape(-1, D).sum(axis=0)
     return dx, grads
 
 
@@ -200,14 +211,33 @@ def embedding_backward(dy, cache):
     return None, {"weight": dW}
 
 
-def cross_entropy(logits, targets, label_smoothing=0.0, as_array=False):
+def cross_entropy(logits, targets, label_smoothing=0.0, ignore_index=None, as_array=False):
     r"""Mean cross-entropy over all positions and its gradient.
 
     logits: (..., C); targets: integer (...) in [0, C). With smoothing eps the target
     distribution is q = (1 - eps) onehot + eps / C (PyTorch's ``label_smoothing``):
     loss = mean_positions( logsumexp(z) - sum_c q_c z_c ),  dlogits = (softmax(z) - q) / N.
+    ``ignore_index`` (e.g. -1, as nanoGPT's loss): positions with that target count neither in
+    the mean nor in N and get zero gradient (``F.cross_entropy(..., ignore_index=-1)``; all
+    positions ignored gives NaN there, here loss 0 and zero gradient).
     Returns (loss: float, dlogits: (..., C) in the dtype of ``logits``); with ``as_array`` the
     loss is a 0-d array on the device of ``logits`` (no wait for the GPU)."""
+    if ignore_index is not None:
+        keep = targets != ignore_index
+        if not bool(keep.all()):
+            xp = get_array_module(logits)
+            if targets.shape != logits.shape[:-1]:
+                raise ValueError(
+                    f"targets: expected shape {logits.shape[:-1]}, got {targets.shape}"
+                )
+            dz = xp.zeros(logits.shape, dtype=logits.dtype)
+            if not bool(keep.any()):
+                return (xp.zeros((), dtype=logits.dtype) if as_array else 0.0), dz
+            loss, dkept = cross_entropy(
+                logits[keep], targets[keep], label_smoothing, as_array=as_array
+            )
+            dz[keep] = dkept
+            return loss, dz
     xp = get_array_module(logits)
     C = logits.shape[-1]
     if targets.shape != logits.shape[:-1]:
@@ -269,8 +299,9 @@ def tssa_forward(x, params):
     B, n, D = x.shape
     H = params["temp"].shape[0]
     p = D // H
-    impl = kernels.fused_impl(x, H, tuple(params.values()))
-    if impl is not None:  # the fused kernels between the two projections
+    # the fused kernels between the two projections (they add the qkv bias: with one only)
+    impl = kernels.fused_impl(x, H, tuple(params.values())) if "qkv.bias" in params else None
+    if impl is not None:
         W = params["qkv.weight"]
         w = (x.reshape(-1, D) @ W).reshape(B, n, D)  # (B, n, D); the kernels add the bias
         y, core = kernels.tssa_core_forward(
@@ -616,17 +647,16 @@ def _rng(rng):
 
 
 class Linear(Module):
-    """y = x W + b. Params: 'weight' (d_in, d_out), 'bias' (d_out,)."""
+    """y = x W + b. Params: 'weight' (d_in, d_out), 'bias' (d_out,) (none with bias=False)."""
 
     decay = ("weight",)
 
-    def __init__(self, d_in, d_out, dtype=np.float32, rng=None, init_std=INIT_STD):
+    def __init__(self, d_in, d_out, dtype=np.float32, rng=None, init_std=INIT_STD, bias=True):
         super().__init__()
         dtype = np.dtype(dtype)
-        self.params = {
-            "weight": _normal(_rng(rng), (d_in, d_out), init_std, dtype),
-            "bias": np.zeros(d_out, dtype=dtype),
-        }
+        self.params = {"weight": _normal(_rng(rng), (d_in, d_out), init_std, dtype)}
+        if bias:
+            self.params["bias"] = np.zeros(d_out, dtype=dtype)
 
     def forward(self, x):
         d_in = self.params["weight"].shape[0]
@@ -641,13 +671,16 @@ class Linear(Module):
 
 
 class LayerNorm(Module):
-    """LayerNorm over the last axis, eps = LAYERNORM_EPS. Params: 'weight' (D,), 'bias' (D,)."""
+    """LayerNorm over the last axis with epsilon ``eps`` (default LAYERNORM_EPS).
+    Params: 'weight' (D,), 'bias' (D,) (none with bias=False)."""
 
-    def __init__(self, dim, dtype=np.float32, eps=LAYERNORM_EPS):
+    def __init__(self, dim, dtype=np.float32, eps=LAYERNORM_EPS, bias=True):
         super().__init__()
         dtype = np.dtype(dtype)
         self.eps = eps
-        self.params = {"weight": np.ones(dim, dtype=dtype), "bias": np.zeros(dim, dtype=dtype)}
+        self.params = {"weight": np.ones(dim, dtype=dtype)}
+        if bias:
+            self.params["bias"] = np.zeros(dim, dtype=dtype)
 
     def forward(self, x):
         D = self.params["weight"].shape[0]
@@ -675,12 +708,13 @@ class GELU(Module):
 class MLP(Module):
     """dim -> hidden_ratio * dim -> dim with GELU (nanoGPT names ``c_fc``, ``c_proj``)."""
 
-    def __init__(self, dim, hidden_ratio=4, dtype=np.float32, rng=None, proj_std=INIT_STD):
+    def __init__(self, dim, hidden_ratio=4, dtype=np.float32, rng=None, proj_std=INIT_STD,
+                 bias=True):  # fmt: skip
         super().__init__()
         rng = _rng(rng)
-        self.c_fc = Linear(dim, hidden_ratio * dim, dtype=dtype, rng=rng)
+        self.c_fc = Linear(dim, hidden_ratio * dim, dtype=dtype, rng=rng, bias=bias)
         self.act = GELU()
-        self.c_proj = Linear(hidden_ratio * dim, dim, dtype=dtype, rng=rng, init_std=proj_std)
+        self.c_proj = Linear(hidden_ratio * dim, dim, dtype, rng, init_std=proj_std, bias=bias)
 
     def forward(self, x):
         return self.c_proj.forward(self.act.forward(self.c_fc.forward(x)))
@@ -718,6 +752,15 @@ class Embedding(Module):
         return None
 
 
+def _drop_biases(params, bias, qkv_bias):
+    """Remove 'qkv.bias' (when qkv_bias, default ``bias``, is False) and 'proj.bias' (when
+    ``bias`` is False) from an attention layer's params."""
+    if not (bias if qkv_bias is None else qkv_bias):
+        del params["qkv.bias"]
+    if not bias:
+        del params["proj.bias"]
+
+
 def _check_heads(dim, num_heads):
     if num_heads < 1 or dim % num_heads:
         raise ValueError(f"num_heads: dim={dim} must be divisible by num_heads={num_heads}")
@@ -727,11 +770,14 @@ class TSSA(Module):
     """Token Statistics Self-Attention (see :func:`tssa_forward`).
 
     Params: 'qkv.weight' (D, D), 'qkv.bias' (D,), 'temp' (H, 1) initialised to 1,
-    'proj.weight' (D, D), 'proj.bias' (D,). After ``forward``, ``last_pi`` is Pi (B, H, n)."""
+    'proj.weight' (D, D), 'proj.bias' (D,). After ``forward``, ``last_pi`` is Pi (B, H, n).
+    ``qkv_bias=False`` drops 'qkv.bias' (the public ``AttentionTSSA`` default; its ``tost_cab``
+    models pass True), ``bias=False`` drops both biases (nanoGPT's ``bias=False``)."""
 
     decay = ("qkv.weight", "proj.weight")
 
-    def __init__(self, dim, num_heads, dtype=np.float32, rng=None, proj_std=INIT_STD):
+    def __init__(self, dim, num_heads, dtype=np.float32, rng=None, proj_std=INIT_STD, bias=True,
+                 qkv_bias=None):  # fmt: skip
         super().__init__()
         _check_heads(dim, num_heads)
         rng, dtype = _rng(rng), np.dtype(dtype)
@@ -743,6 +789,7 @@ class TSSA(Module):
             "proj.weight": _normal(rng, (dim, dim), proj_std, dtype),
             "proj.bias": np.zeros(dim, dtype=dtype),
         }
+        _drop_biases(self.params, bias, qkv_bias)
         self.last_pi = None
 
     def forward(self, x):
@@ -761,11 +808,12 @@ class CausalTSSA(Module):
 
     Params: 'qkv.weight' (D, D), 'qkv.bias' (D,), 'temp' (H, 1) = 1,
     'denom_bias' (H, block_size, 1) = 0, 'proj.weight' (D, D), 'proj.bias' (D,).
-    After ``forward``, ``last_pi`` is Pi (B, H, T)."""
+    After ``forward``, ``last_pi`` is Pi (B, H, T). ``bias`` / ``qkv_bias`` as :class:`TSSA`."""
 
     decay = ("qkv.weight", "proj.weight")
 
-    def __init__(self, dim, num_heads, block_size, dtype=np.float32, rng=None, proj_std=INIT_STD):
+    def __init__(self, dim, num_heads, block_size, dtype=np.float32, rng=None, proj_std=INIT_STD,
+                 bias=True, qkv_bias=None):  # fmt: skip
         super().__init__()
         _check_heads(dim, num_heads)
         rng, dtype = _rng(rng), np.dtype(dtype)
@@ -778,6 +826,7 @@ class CausalTSSA(Module):
             "proj.weight": _normal(rng, (dim, dim), proj_std, dtype),
             "proj.bias": np.zeros(dim, dtype=dtype),
         }
+        _drop_biases(self.params, bias, qkv_bias)
         self.last_pi = None
 
     def forward(self, x):
@@ -805,7 +854,7 @@ class SoftmaxAttention(Module):
 
     def __init__(
         self, dim, num_heads, causal=False, block_size=None, dtype=np.float32, rng=None,
-        proj_std=INIT_STD,
+        proj_std=INIT_STD, bias=True, qkv_bias=None,
     ):  # fmt: skip
         super().__init__()
         _check_heads(dim, num_heads)
@@ -817,6 +866,7 @@ class SoftmaxAttention(Module):
             "proj.weight": _normal(rng, (dim, dim), proj_std, dtype),
             "proj.bias": np.zeros(dim, dtype=dtype),
         }
+        _drop_biases(self.params, bias, qkv_bias)
         self.last_attn = None
 
     def forward(self, x):
@@ -845,12 +895,16 @@ class Block(Module):
         x <- x + gamma1 * attn(LN_1(x)),   x <- x + gamma2 * MLP(LN_2(x)).
 
     Children: 'ln_1', 'attn' (TSSA / CausalTSSA / SoftmaxAttention), 'ln_2', 'mlp';
-    params: 'gamma1', 'gamma2' (D,) initialised to ``layer_scale_init``.
+    params: 'gamma1', 'gamma2' (D,) initialised to ``layer_scale_init``; both LayerNorms use
+    ``ln_eps`` (1e-5 in the public language model, 1e-6 in the public vision models).
+    ``bias=False`` removes every bias (LayerNorms, attention, MLP), as nanoGPT's ``bias=False``;
+    ``qkv_bias`` overrides it for the attention's input projection only.
     ``attention`` is 'tssa' or 'softmax'; ``causal=True`` needs ``block_size``."""
 
     def __init__(
         self, dim, num_heads, attention="tssa", causal=False, block_size=None, mlp_ratio=4,
         layer_scale_init=1.0, dtype=np.float32, rng=None, proj_std=INIT_STD,
+        ln_eps=LAYERNORM_EPS, bias=True, qkv_bias=None,
     ):  # fmt: skip
         super().__init__()
         if attention not in ATTENTIONS:
@@ -859,15 +913,18 @@ class Block(Module):
             raise ValueError("block_size: required when causal=True")
         rng, dtype = _rng(rng), np.dtype(dtype)
         self.dim = dim
-        self.ln_1 = LayerNorm(dim, dtype=dtype)
+        self.ln_1 = LayerNorm(dim, dtype=dtype, eps=ln_eps, bias=bias)
+        b = dict(bias=bias, qkv_bias=qkv_bias)
         if attention == "tssa" and causal:
-            self.attn = CausalTSSA(dim, num_heads, block_size, dtype, rng, proj_std)
+            self.attn = CausalTSSA(dim, num_heads, block_size, dtype, rng, proj_std, **b)
         elif attention == "tssa":
-            self.attn = TSSA(dim, num_heads, dtype, rng, proj_std)
+            self.attn = TSSA(dim, num_heads, dtype, rng, proj_std, **b)
         else:
-            self.attn = SoftmaxAttention(dim, num_heads, causal, block_size, dtype, rng, proj_std)
-        self.ln_2 = LayerNorm(dim, dtype=dtype)
-        self.mlp = MLP(dim, mlp_ratio, dtype=dtype, rng=rng, proj_std=proj_std)
+            self.attn = SoftmaxAttention(
+                dim, num_heads, causal, block_size, dtype, rng, proj_std, **b
+            )
+        self.ln_2 = LayerNorm(dim, dtype=dtype, eps=ln_eps, bias=bias)
+        self.mlp = MLP(dim, mlp_ratio, dtype=dtype, rng=rng, proj_std=proj_std, bias=bias)
         self.params = {
             "gamma1": np.full(dim, layer_scale_init, dtype=dtype),
             "gamma2": np.full(dim, layer_scale_init, dtype=dtype),

@@ -83,6 +83,7 @@ class Config:
 
     task: str = "digits"
     attention: str = "tssa"
+    model: str = "tost"  # digits: "tost" (simplified ToSTClassifier) or "tost-cab" (ToSTCAB)
     depth: int = 2
     dim: int = 64
     heads: int = 4
@@ -175,6 +176,14 @@ class DigitsTask:
 
     def model_config(self):
         c = self.cfg
+        if c.model == "tost-cab":  # the public vision layout, shrunk: a one-stage stem at p=2
+            if c.attention != "tssa":
+                raise ValueError("--model tost-cab: only --attention tssa")
+            return dict(
+                model="tost_cab", image_size=8, patch_size=c.patch_size, in_chans=1,
+                num_classes=10, dim=c.dim, depth=c.depth, num_heads=c.heads, eta=1.0,
+                dtype=c.dtype, seed=c.seed, input_norm=self.norm,
+            )  # fmt: skip
         return dict(
             model="classifier", image_size=8, patch_size=c.patch_size, in_chans=1,
             num_classes=10, dim=c.dim, depth=c.depth, num_heads=c.heads,
@@ -189,6 +198,15 @@ class DigitsTask:
         return random_shift(self.Xtr[idx], rng), self.ytr[idx]
 
     def evaluate(self, model, xp):
+        if hasattr(model, "eval"):  # BatchNorm: running statistics while evaluating
+            model.eval()
+            try:
+                return self._evaluate(model, xp)
+            finally:
+                model.train()
+        return self._evaluate(model, xp)
+
+    def _evaluate(self, model, xp):
         loss, correct = 0.0, 0
         for s in range(0, len(self.Xte), 256):
             logits = model.forward(xp.asarray(self.Xte[s : s + 256]))
@@ -532,6 +550,8 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
         ckpt = load_checkpoint(resume)
         cfg, longer = _resume_config(ckpt["meta"], resume, cfg, explicit)
     xp = device_module(cfg.device)
+    if cfg.model not in ("tost", "tost-cab") or (cfg.model == "tost-cab" and cfg.task != "digits"):
+        raise ValueError(f"--model {cfg.model}: expected tost, or tost-cab with --task digits")
     task = TASK_CLASSES[cfg.task](cfg)
     model = build(task.model_config())
     if cfg.device != "cpu":
@@ -565,7 +585,8 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
         if longer and progress:
             print(f"resuming at step {step}: training longer, to {total} steps in all (was "
                   f"{before}); the learning-rate schedule follows the new total", file=sys.stderr)  # fmt: skip
-    out = Path(cfg.out or f"runs/{cfg.task}-{cfg.attention}")
+    tag = "-cab" if cfg.model == "tost-cab" else ""
+    out = Path(cfg.out or f"runs/{cfg.task}-{cfg.attention}{tag}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -727,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention",
         choices=("tssa", "softmax"),
         help="TSSA (ToST) or softmax attention (ViT/GPT baseline) (default: tssa)",
+    )
+    ap.add_argument(
+        "--model",
+        choices=("tost", "tost-cab"),
+        help="digits: the simplified ToST classifier or the public vision layout ToST-CAB "
+        "(conv stem + BatchNorm, Fourier positions, class attention) (default: tost)",
     )
 
     def num(flag, text, key=None):
