@@ -12,7 +12,7 @@ from whitebox import train as T
 
 
 def test_tost_cab_trains_and_its_loss_falls(tmp_path):
-    cfg = T.make_config(task="digits", model="tost-cab", steps=60, eval_every=30, depth=1, warmup=10,
+    cfg = T.make_config(task="digits", model="tost-cab", steps=60, eval_every=30, depth=1, warmup=10, lr=4e-3,
                         dim=32, heads=4, out=str(tmp_path / "cab"))  # fmt: skip
     result = T.train(cfg, progress=False)
     rows = [

@@ -424,8 +424,15 @@ def _digits_batch(cfg):
 
 
 def _digits_step_comparison(torch, TorchClassifier, F, cfg, log):
+    from .data import normalize_images
+
     tcfg, task, xb, yb = _digits_batch(cfg)
-    model = build(task.model_config())
+    # both sides get the same standardized batch (the model's own input_norm is a NumPy step)
+    config = task.model_config()
+    norm = config.pop("input_norm", None)
+    if norm is not None:
+        xb = normalize_images(xb, norm)
+    model = build(config)
     opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     tmodel = TorchClassifier(model.config)
     _load_into_torch(torch, tmodel, model)

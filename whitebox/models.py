@@ -388,7 +388,10 @@ def load(path, device="cpu"):
     if unknown:
         raise CheckpointError(f"{where} has unknown keys {sorted(unknown)}")
     for name, w in ckpt["model"].items():
-        if w.dtype.kind != "f" or not np.isfinite(w).all():
+        if name.endswith("num_batches_tracked"):  # BatchNorm's step counter: a non-negative int
+            if w.dtype.kind not in "iu" or w.shape != () or int(w) < 0:
+                raise CheckpointError(f"{str(path)!r}: buffer {name!r} is not a count")
+        elif w.dtype.kind != "f" or not np.isfinite(w).all():
             raise CheckpointError(f"{str(path)!r}: weight {name!r} is not finite floating point")
     # Sizes beyond the number of stored weights cannot be right: refuse before allocating.
     budget = sum(int(v.size) for v in ckpt["model"].values())
