@@ -11,7 +11,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
-CONFIGS = ("digits-tssa", "digits-softmax", "text-tssa", "text-softmax")
+#: name -> (task, attention, model); the four tuned ones come first
+CONFIGS = {
+    "digits-tssa": ("digits", "tssa", "tost"),
+    "digits-softmax": ("digits", "softmax", "tost"),
+    "text-tssa": ("text", "tssa", "tost"),
+    "text-softmax": ("text", "softmax", "tost"),
+    "digits-tost-cab": ("digits", "tssa", "tost-cab"),
+}
+TUNED = tuple(CONFIGS)[:4]
 
 
 def _script(name):
@@ -29,8 +37,8 @@ def _load(name):
 def test_configuration_json_schema(name):
     d = _load(name)
     assert d["schema"] == 1 and d["name"] == name
-    task, attention = name.split("-", 1)
-    assert (d["task"], d["attention"]) == (task, attention)
+    task, attention, model = CONFIGS[name]
+    assert (d["task"], d["attention"], d["model"]) == (task, attention, model)
     assert d["metric"] == ("test_accuracy" if task == "digits" else "val_loss_nats_per_char")
     assert len(d["seeds"]) >= 5 and len(set(d["seeds"])) == len(d["seeds"])
     assert [p["seed"] for p in d["per_seed"]] == d["seeds"]
@@ -46,6 +54,9 @@ def test_configuration_json_schema(name):
         assert p["steps"] == p["history"][-1]["step"] == d["steps"]
         assert not Path(p["checkpoint"]).is_absolute()  # no paths of the machine
     assert set(d["setting"]) == {"lr", "weight_decay"}
+    if name not in TUNED:  # an untuned configuration borrows the simplified ToST's setting
+        chosen = json.loads((RESULTS / "tuning.json").read_text())["chosen"][f"{task}-tssa"]
+        assert d["setting"] == {"lr": chosen["lr"], "weight_decay": chosen["weight_decay"]}
     m = d["machine"]
     for key in ("cpu", "cores", "blas", "python", "numpy", "scipy", "scikit-learn"):
         assert key in m
@@ -55,7 +66,7 @@ def test_tuning_json_chose_on_validation_and_each_model_got_its_best():
     t = json.loads((RESULTS / "tuning.json").read_text())
     grid = [(lr, wd) for lr in t["grid"]["lr"] for wd in t["grid"]["weight_decay"]]
     assert len(grid) >= 4
-    for name in CONFIGS:
+    for name in TUNED:
         runs = [r for r in t["runs"] if r["config"] == name]
         assert sorted((r["lr"], r["weight_decay"]) for r in runs) == sorted(grid)  # same budget
         chosen = t["chosen"][name]
