@@ -644,3 +644,28 @@ def test_cross_entropy_ignore_index_parity():
     loss, dz = nn.cross_entropy(z, t, ignore_index=-1)
     assert loss == pytest.approx(lt.item(), rel=1e-12)
     np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_tssa_attention_dropout_parity():
+    """Dropout on the factor attn = 1 / (1 + dots) as ``AttentionTSSA.attn_drop`` applies it,
+    with the same keep mask on both sides."""
+    rng = np.random.default_rng(4)
+    theirs = randomize_torch(TorchTSSA(8, 2).double(), 4)
+    ours = interop.load_official(nn.TSSA(8, 2, dtype=F64), torch_state(theirs))
+    mask = nn.dropout_mask(rng, (2, 2, 4), 0.3)  # (B, H, p)
+    x = rng.standard_normal((2, 5, 8))
+    xt = torch.tensor(x, requires_grad=True)
+    b, n, D = xt.shape
+    w = theirs.qkv(xt).view(b, n, 2, 4).transpose(1, 2)
+    Pi = F.softmax((F.normalize(w, dim=-2) ** 2).sum(dim=-1) * theirs.temp, dim=1)
+    dots = torch.matmul((Pi / (Pi.sum(dim=-1, keepdim=True) + 1e-8)).unsqueeze(-2), w**2)
+    attn = (1.0 / (1 + dots)) * torch.tensor(mask)[:, :, None, :]  # attn_drop(attn)
+    yt = theirs.to_out(-torch.mul(w.mul(Pi.unsqueeze(-1)), attn).transpose(1, 2).reshape(b, n, D))
+    G = rng.standard_normal(yt.shape)
+    yt.backward(torch.tensor(G))
+    y, cache = nn.tssa_forward(x, ours.params, mask)
+    dx, grads = nn.tssa_backward(G, cache)
+    ours.grads = grads
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    assert_grads_match(interop.official_grads(ours), torch_grads(theirs), 1e-10)

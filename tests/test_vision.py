@@ -389,3 +389,62 @@ def test_tost_cab_weight_decay_groups():
     assert "cls_attn_blocks.1.attn.qkv.weight" in decayed
     assert not any(k.endswith(("bias", "gamma1", "gamma2")) for k in decayed)
     assert not any(".1.weight" in k and "patch_embed" in k for k in decayed)  # BatchNorm
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout, DropPath, attention dropout on TSSA's factor 1 / (1 + s)
+# --------------------------------------------------------------------------------------------
+
+
+def test_tssa_attention_dropout_gradients_with_a_fixed_mask():
+    from whitebox import nn
+
+    rng = np.random.default_rng(0)
+    layer = nn.TSSA(6, 2, dtype=F64, rng=rng)
+    randomize(layer, rng)
+    mask = nn.dropout_mask(rng, (2, 2, 3), 0.4)
+    assert (mask == 0).any() and (mask > 1).any()
+    x = rng.standard_normal((2, 4, 6))
+    out, cache = nn.tssa_forward(x, layer.params, mask)
+    G = rng.standard_normal(out.shape)
+    dx, grads = nn.tssa_backward(G, cache)
+    f = lambda: float((nn.tssa_forward(x, layer.params, mask)[0] * G).sum())
+    errs = {"x": grad_err(dx, numerical_grad(f, x, H_FD))}
+    errs.update(
+        {k: grad_err(grads[k], numerical_grad(f, p, H_FD)) for k, p in layer.params.items()}
+    )
+    assert_small(errs)
+    # the mask scales exactly the factor c: with an all-ones mask nothing changes
+    np.testing.assert_array_equal(nn.tssa_forward(x, layer.params, np.ones((2, 2, 3)))[0],
+                                  nn.tssa_forward(x, layer.params)[0])  # fmt: skip
+
+
+def test_dropout_and_droppath_modules():
+    from whitebox import nn
+
+    x = np.random.default_rng(0).standard_normal((400, 3, 5))
+    d = nn.Dropout(0.25, seed=1)
+    y = d.forward(x)
+    kept = y != 0
+    assert abs(kept.mean() - 0.75) < 0.02
+    np.testing.assert_allclose(y[kept], x[kept] / 0.75)
+    G = np.random.default_rng(1).standard_normal(x.shape)
+    np.testing.assert_allclose(d.backward(G), G * kept / 0.75, rtol=1e-15)
+    np.testing.assert_array_equal(nn.Dropout(0.25, seed=1).forward(x), y)  # seeded
+    d.training = False
+    assert d.forward(x) is x and d.backward(G) is G
+    dp = nn.Dropout(0.5, seed=2, per_sample=True)
+    z = dp.forward(x)
+    per_sample = (z != 0).reshape(400, -1)
+    assert (per_sample.all(axis=1) | ~per_sample.any(axis=1)).all()  # whole samples dropped
+    assert 0.4 < per_sample.all(axis=1).mean() < 0.6
+    with pytest.raises(ValueError, match="p: expected"):
+        nn.Dropout(1.0)
+    layer = nn.TSSA(4, 2).set_attn_drop(0.5, seed=3)
+    a = layer.forward(x[:2, :, :4].astype(np.float32))
+    layer.training = False
+    b = layer.forward(x[:2, :, :4].astype(np.float32))
+    np.testing.assert_array_equal(
+        b, nn.tssa_forward(x[:2, :, :4].astype(np.float32), layer.params)[0]
+    )
+    assert not np.allclose(a, b)

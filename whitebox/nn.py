@@ -196,6 +196,25 @@ def gelu_backward(dy, cache):
     return dy * (cdf + x * pdf), {}
 
 
+def dropout_mask(rng, shape, rate, dtype=np.float64):
+    """Inverted-dropout keep mask: 1 / (1 - rate) with probability 1 - rate, else 0
+    (``nn.Dropout``; DropPath uses shape (B, 1, 1): one draw per sample). ``rng``: a NumPy
+    Generator (seeded, so runs stay reproducible)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate: expected a value in [0, 1), got {rate}")
+    return ((rng.random(shape) >= rate) / (1.0 - rate)).astype(dtype)
+
+
+def dropout_forward(x, mask):
+    """y = x * mask (mask from :func:`dropout_mask`, broadcastable to x)."""
+    return x * mask, mask
+
+
+def dropout_backward(dy, cache):
+    """dx = dy * mask. No parameters."""
+    return dy * cache, {}
+
+
 def embedding_forward(idx, params):
     """y = W[idx]. idx: integer (...); params: 'weight' (num_embeddings, D). Returns (..., D)."""
     W = params["weight"]
@@ -273,7 +292,7 @@ def cross_entropy(logits, targets, label_smoothing=0.0, ignore_index=None, as_ar
 # ---- TSSA (eq. 9-10 of the paper; ``AttentionTSSA`` of the public code) ----------------------
 
 
-def tssa_forward(x, params):
+def tssa_forward(x, params, c_mask=None):
     r"""Token Statistics Self-Attention, as the public ToST code computes it.
 
     x: (B, n, D). params: 'qkv.weight' (D, D), 'qkv.bias' (D,), 'temp' (H, 1),
@@ -293,6 +312,10 @@ def tssa_forward(x, params):
     buffers. On CuPy arrays with ``whitebox.kernels.FUSED`` the part between the two
     projections runs as fused GPU kernels (``whitebox.kernels``) instead.
 
+    ``c_mask`` (B, H, p), optional: attention dropout as the public code applies it, on the
+    factor c = 1 / (1 + s) (``attn_drop(attn)``): c is replaced by c * c_mask, with c_mask the
+    dropout's keep mask divided by (1 - rate) (see :func:`dropout_mask`).
+
     Returns (out, cache); ``cache['pi']`` is Pi (B, H, n) and ``cache['a']`` the scores
     sum_i w_hat^2 (B, H, n) (transposed views of the (B, n, H) arrays)."""
     xp = get_array_module(x)
@@ -300,7 +323,8 @@ def tssa_forward(x, params):
     H = params["temp"].shape[0]
     p = D // H
     # the fused kernels between the two projections (they add the qkv bias: with one only)
-    impl = kernels.fused_impl(x, H, tuple(params.values())) if "qkv.bias" in params else None
+    fusable = "qkv.bias" in params and c_mask is None  # no dropout mask in the kernels
+    impl = kernels.fused_impl(x, H, tuple(params.values())) if fusable else None
     if impl is not None:
         W = params["qkv.weight"]
         w = (x.reshape(-1, D) @ W).reshape(B, n, D)  # (B, n, D); the kernels add the bias
@@ -322,6 +346,9 @@ def tssa_forward(x, params):
     pi_bar = pi / pi_sum  # (B, n, H)
     s = xp.einsum("bnh,bnhp->bhp", pi_bar, w_sq4)  # (B, H, p): the token statistics
     c = 1.0 / (1.0 + s)  # (B, H, p)
+    c_raw = c
+    if c_mask is not None:
+        c = c * c_mask  # attention dropout on the factor
     neg_pi_c = pi[..., None] * -c[:, None]  # (B, n, H, p): -Pi_{hj} c_{hi}
     y = neg_pi_c * w4  # (B, n, H, p), heads already merged in memory
     out, proj_cache = linear_forward(y.reshape(B, n, D), _sub(params, "proj"))
@@ -329,6 +356,7 @@ def tssa_forward(x, params):
         qkv=qkv_cache, proj=proj_cache, w=w4, w_sq=w_sq4, col_norm=col_norm, denom=denom,
         inv_denom_sq=inv_denom_sq, a=a.transpose(0, 2, 1), temp=params["temp"],
         pi=pi.transpose(0, 2, 1), pi_sum=pi_sum, pi_bar=pi_bar, c=c, neg_pi_c=neg_pi_c,
+        c_raw=c_raw, c_mask=c_mask,
     )  # fmt: skip
     return out, cache
 
@@ -351,6 +379,9 @@ def tssa_backward(dout, cache):
     tmp = w * dy  # (B, n, H, p); reused below as scratch
     dpi = -xp.einsum("bnhp,bhp->bnh", tmp, c)  # (B, n, H)
     dc = -xp.einsum("bnh,bnhp->bhp", pi, tmp)  # (B, H, p)
+    if cache.get("c_mask") is not None:  # c = c_raw * mask
+        dc = dc * cache["c_mask"]
+        c = cache["c_raw"]
     ds = -(c * c) * dc  # c = 1 / (1 + s)
     # s = sum_j pi_bar_j w_j^2
     dpi_bar = xp.einsum("bnhp,bhp->bnh", w_sq, ds)  # (B, n, H)
@@ -705,6 +736,32 @@ class GELU(Module):
         return gelu_backward(dy, self._cache)[0]
 
 
+class Dropout(Module):
+    """Inverted dropout with rate ``p``, active only while ``training`` (default True, as
+    PyTorch); ``per_sample=True`` is DropPath / stochastic depth (one draw per sample of a
+    (B, ...) input). The mask comes from ``np.random.default_rng(seed)``, so a run with the
+    same seed draws the same masks. No parameters."""
+
+    def __init__(self, p=0.0, seed=0, per_sample=False):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p: expected a value in [0, 1), got {p}")
+        self.p, self.per_sample, self.training = p, per_sample, True
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1) if self.per_sample else x.shape
+        xp = get_array_module(x)
+        self._mask = xp.asarray(dropout_mask(self.rng, shape, self.p, x.dtype))
+        return dropout_forward(x, self._mask)[0]
+
+    def backward(self, dy):
+        return dy if self._mask is None else dropout_backward(dy, self._mask)[0]
+
+
 class MLP(Module):
     """dim -> hidden_ratio * dim -> dim with GELU (nanoGPT names ``c_fc``, ``c_proj``)."""
 
@@ -791,10 +848,25 @@ class TSSA(Module):
         }
         _drop_biases(self.params, bias, qkv_bias)
         self.last_pi = None
+        self.attn_drop, self.training, self._drop_rng = 0.0, True, np.random.default_rng(0)
+
+    def set_attn_drop(self, rate, seed=0):
+        """Attention dropout on the factor 1 / (1 + s) (the public ``attn_drop``), active only
+        while ``training``; masks (B, H, p) from ``np.random.default_rng(seed)``."""
+        dropout_mask(self._drop_rng, (), rate)  # validates rate
+        self.attn_drop, self._drop_rng = rate, np.random.default_rng(seed)
+        return self
 
     def forward(self, x):
         _check_tokens(x, self.dim)
-        out, self._cache = tssa_forward(_as_dtype(x, self.dtype), self.params)
+        mask = None
+        if self.attn_drop and self.training:
+            B, H = x.shape[0], self.num_heads
+            shape = (B, H, self.dim // H)
+            mask = get_array_module(x).asarray(
+                dropout_mask(self._drop_rng, shape, self.attn_drop, self.dtype)
+            )
+        out, self._cache = tssa_forward(_as_dtype(x, self.dtype), self.params, mask)
         self.last_pi = self._cache["pi"]
         return out
 
