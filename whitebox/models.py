@@ -17,6 +17,7 @@ from .data import CharCodec, check_input_norm, normalize_images
 from .nn import (
     INIT_STD,
     Block,
+    Dropout,
     Embedding,
     LayerNorm,
     Linear,
@@ -250,6 +251,7 @@ class ToSTLanguageModel(Module):
     def __init__(
         self, vocab_size, block_size, n_layer=2, n_head=2, n_embd=32, attention="tssa",
         mlp_ratio=4, layer_scale_init=1.0, dtype="float32", seed=0, vocab=None, bias=True,
+        dropout=0.0,
     ):  # fmt: skip
         super().__init__()
         self.codec = None if vocab is None else CharCodec(vocab)
@@ -264,8 +266,11 @@ class ToSTLanguageModel(Module):
         )  # fmt: skip
         if not bias:  # only then, so configs of older checkpoints stay as they were
             self.config["bias"] = False
+        if dropout:
+            self.config["dropout"] = dropout
         rng = np.random.default_rng(seed)
         self.vocab_size, self.block_size, self.n_embd = vocab_size, block_size, n_embd
+        self.drop = Dropout(dropout, seed=seed + 1000)  # nanoGPT's dropout of the embeddings
         proj_std = INIT_STD / np.sqrt(2 * n_layer)
         self.wte = Embedding(vocab_size, n_embd, dtype=dtype, rng=rng)
         self.wpe = Embedding(block_size, n_embd, dtype=dtype, rng=rng)
@@ -282,8 +287,10 @@ class ToSTLanguageModel(Module):
                 rng,
                 proj_std,
                 bias=bias,
+                drop=dropout,
+                drop_seed=seed + 1000 + 10 * (l + 1),
             )  # fmt: skip
-            for _ in range(n_layer)
+            for l in range(n_layer)
         )
         self.ln_f = LayerNorm(n_embd, dtype=dtype, bias=bias)
 
@@ -296,7 +303,7 @@ class ToSTLanguageModel(Module):
         T = idx.shape[1]
         if T > self.block_size:
             raise ValueError(f"idx: sequence length {T} exceeds block_size {self.block_size}")
-        z = self.wte.forward(idx) + self.wpe.forward(xp.arange(T))  # (B, T, D)
+        z = self.drop.forward(self.wte.forward(idx) + self.wpe.forward(xp.arange(T)))  # (B, T, D)
         for blk in self.blocks:
             z = blk.forward(z)
         h = self.ln_f.forward(z)  # (B, T, D)
@@ -311,6 +318,7 @@ class ToSTLanguageModel(Module):
         dz = self.ln_f.backward(dlogits @ W)  # (B, T, D)
         for blk in reversed(self.blocks._items):
             dz = blk.backward(dz)
+        dz = self.drop.backward(dz)
         self.wpe.backward(dz.sum(axis=0))  # positions are shared across the batch
         self.wte.backward(dz)
         self.wte.grads["weight"] = self.wte.grads["weight"] + dW_head

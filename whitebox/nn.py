@@ -608,6 +608,18 @@ class Module:
                 return name[len(p) :] not in m.decay
         raise KeyError(f"no parameter named {name!r}")
 
+    def train(self, mode: bool = True):
+        """Training mode (dropout, BatchNorm batch statistics) on every descendant with a
+        ``training`` flag; ``mode=False`` is :meth:`eval`. Returns the module."""
+        for _, m in self.named_modules():
+            if hasattr(m, "training"):
+                m.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: dropout off (see :meth:`train`)."""
+        return self.train(False)
+
     def zero_grad(self):
         for _, m in self.named_modules():
             m.grads = {k: get_array_module(v).zeros_like(v) for k, v in m.params.items()}
@@ -971,12 +983,20 @@ class Block(Module):
     ``ln_eps`` (1e-5 in the public language model, 1e-6 in the public vision models).
     ``bias=False`` removes every bias (LayerNorms, attention, MLP), as nanoGPT's ``bias=False``;
     ``qkv_bias`` overrides it for the attention's input projection only.
-    ``attention`` is 'tssa' or 'softmax'; ``causal=True`` needs ``block_size``."""
+    ``attention`` is 'tssa' or 'softmax'; ``causal=True`` needs ``block_size``.
+
+    Regularization as the public code, all 0 by default and active only while ``training``
+    (``module.train()`` / ``module.eval()``), each seeded from ``drop_seed`` so that a run is
+    reproducible: ``drop`` is dropout on each branch's output (the public ``proj_drop`` and the
+    MLP's dropout), ``drop_path`` is stochastic depth on each residual branch (timm's DropPath:
+    x <- x + DropPath(gamma * branch)), ``attn_drop`` is TSSA's dropout on the factor
+    1 / (1 + s) (``TSSA.set_attn_drop``; TSSA only)."""
 
     def __init__(
         self, dim, num_heads, attention="tssa", causal=False, block_size=None, mlp_ratio=4,
         layer_scale_init=1.0, dtype=np.float32, rng=None, proj_std=INIT_STD,
-        ln_eps=LAYERNORM_EPS, bias=True, qkv_bias=None,
+        ln_eps=LAYERNORM_EPS, bias=True, qkv_bias=None, drop=0.0, drop_path=0.0, attn_drop=0.0,
+        drop_seed=0,
     ):  # fmt: skip
         super().__init__()
         if attention not in ATTENTIONS:
@@ -1001,24 +1021,35 @@ class Block(Module):
             "gamma1": np.full(dim, layer_scale_init, dtype=dtype),
             "gamma2": np.full(dim, layer_scale_init, dtype=dtype),
         }
+        if attn_drop:
+            if not isinstance(self.attn, TSSA):
+                raise ValueError("attn_drop: only for TSSA (non-causal) attention")
+            self.attn.set_attn_drop(attn_drop, seed=drop_seed)
+        # parameter-free children: the state dict is the same with or without them
+        self.drop_1 = Dropout(drop, seed=drop_seed + 1)
+        self.drop_2 = Dropout(drop, seed=drop_seed + 2)
+        self.path_1 = Dropout(drop_path, seed=drop_seed + 3, per_sample=True)
+        self.path_2 = Dropout(drop_path, seed=drop_seed + 4, per_sample=True)
 
     def forward(self, x):
         _check_tokens(x, self.dim)
         g1, g2 = self.params["gamma1"], self.params["gamma2"]
-        a = self.attn.forward(self.ln_1.forward(x))  # (B, n, D)
-        x1 = x + g1 * a
-        m = self.mlp.forward(self.ln_2.forward(x1))
+        a = self.drop_1.forward(self.attn.forward(self.ln_1.forward(x)))  # (B, n, D)
+        x1 = x + self.path_1.forward(g1 * a)
+        m = self.drop_2.forward(self.mlp.forward(self.ln_2.forward(x1)))
         self._cache = (a, m)
-        return x1 + g2 * m
+        return x1 + self.path_2.forward(g2 * m)
 
     def backward(self, dy):
         a, m = self._cache
         g1, g2 = self.params["gamma1"], self.params["gamma2"]
         D = self.dim
-        dgamma2 = (dy * m).reshape(-1, D).sum(axis=0)
-        dx1 = dy + self.ln_2.backward(self.mlp.backward(dy * g2))
-        dgamma1 = (dx1 * a).reshape(-1, D).sum(axis=0)
-        dx = dx1 + self.ln_1.backward(self.attn.backward(dx1 * g1))
+        db2 = self.path_2.backward(dy)  # gradient of the branch gamma2 * m
+        dgamma2 = (db2 * m).reshape(-1, D).sum(axis=0)
+        dx1 = dy + self.ln_2.backward(self.mlp.backward(self.drop_2.backward(db2 * g2)))
+        db1 = self.path_1.backward(dx1)
+        dgamma1 = (db1 * a).reshape(-1, D).sum(axis=0)
+        dx = dx1 + self.ln_1.backward(self.attn.backward(self.drop_1.backward(db1 * g1)))
         self.grads = {"gamma1": dgamma1, "gamma2": dgamma2}
         return dx
 
