@@ -342,3 +342,97 @@ def test_bad_tau_eta_and_membership_inputs(rng):
         wb.coding_rate(np.zeros((3, 0)), 0.5)
     with pytest.raises(ValueError, match="Pi must have shape"):
         wb.compression_rate(Z, Pi.T, 0.5)
+
+
+# ----------------------------------------------------------------- exact rates over the hard range
+# Oracle: mpmath at 60 digits on the exact binary values of Z (and Pi), log det of the smaller
+# Gram matrix (Sylvester), never the code under test. Covers n < d, n > d, rank-deficient Z,
+# eps from 1e-8 to 1e3 and |Z| from 1e-6 to 1e6; before the SVD-based rewrite many of these
+# raised LinAlgError (Cholesky) or drifted by percents.
+
+mpmath = pytest.importorskip("mpmath")
+
+
+def _mp_logdet_gram(Z, w, alpha):
+    """log det(I + alpha Z diag(w) Z^T) at 60 digits; Z (d, n) and w (n,) as exact binary values."""
+    d, n = Z.shape
+    Zm = [[mpmath.mpf(float(Z[i, j])) for j in range(n)] for i in range(d)]
+    wm = [mpmath.mpf(float(x)) for x in w]
+    if n < d:  # Sylvester: det(I_d + a Z W Z^T) = det(I_n + a W^{1/2} Z^T Z W^{1/2})
+        G = mpmath.matrix(n, n)
+        for a in range(n):
+            for b in range(n):
+                dot = mpmath.fsum(Zm[i][a] * Zm[i][b] for i in range(d))
+                G[a, b] = (a == b) + alpha * mpmath.sqrt(wm[a] * wm[b]) * dot
+    else:
+        G = mpmath.matrix(d, d)
+        for a in range(d):
+            for b in range(d):
+                G[a, b] = (a == b) + alpha * mpmath.fsum(
+                    wm[j] * Zm[a][j] * Zm[b][j] for j in range(n)
+                )
+    return mpmath.log(mpmath.det(G))
+
+
+def _hard_Z(shape, scale, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    if shape == "rank2":  # 6 x 6 of rank 2: zero rows and columns (exact zero singular values)
+        Z = np.zeros((6, 6))
+        Z[np.ix_([0, 3], [1, 2, 5])] = rng.standard_normal((2, 3))
+    else:
+        Z = rng.standard_normal(shape)
+    return (scale * Z).astype(dtype)
+
+
+HARD_SHAPES = [(8, 3), (3, 8), "rank2"]
+HARD_EPS = [1e-8, 1e-4, 1.0, 1e3]
+HARD_SCALES = [1e-6, 1.0, 1e6]
+REL_TOL = {np.float64: 1e-12, np.float32: 1e-6}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("scale", HARD_SCALES)
+@pytest.mark.parametrize("eps", HARD_EPS)
+@pytest.mark.parametrize("shape", HARD_SHAPES, ids=str)
+def test_exact_rates_match_high_precision_oracle(shape, eps, scale, dtype):
+    mpmath.mp.dps = 60
+    Z = _hard_Z(shape, scale, dtype)
+    d, n = Z.shape
+    Pi = np.zeros((n, 2), dtype)
+    Pi[: n // 2, 0] = 1  # a group with fewer tokens than dimensions: the normal MCR^2 case
+    Pi[n // 2 :, 1] = 0.75
+    Pi[n // 2 :, 0] = 0.25
+    eps_m = mpmath.mpf(eps)
+    R = _mp_logdet_gram(Z, np.ones(n), d / (n * eps_m**2)) / 2
+    Rc = mpmath.mpf(0)
+    for k in range(2):
+        n_k = mpmath.fsum(mpmath.mpf(float(x)) for x in Pi[:, k])
+        Rc += n_k / (2 * n) * _mp_logdet_gram(Z, Pi[:, k], d / (n_k * eps_m**2))
+    tol = REL_TOL[dtype]
+    got_R, got_Rc, got_dR = (
+        wb.coding_rate(Z, eps),
+        wb.compression_rate(Z, Pi, eps),
+        wb.rate_reduction(Z, Pi, eps),
+    )
+    for got in (got_R, got_Rc, got_dR):
+        assert got.dtype == dtype
+    assert float(got_R) == pytest.approx(float(R), rel=tol, abs=1e-300)
+    assert float(got_Rc) == pytest.approx(float(Rc), rel=tol, abs=1e-300)
+    # DeltaR may cancel: its error is bounded by the error of its two terms
+    assert abs(float(got_dR) - float(R - Rc)) <= 2 * tol * float(R + Rc) + 1e-300
+
+
+@pytest.mark.parametrize(
+    "Z, eps, exact",
+    [
+        # d = 2, n = 1, alpha = 2 / eps^2: I + alpha [[1, 1], [1, 1]] has det 1 + 2 alpha
+        (np.ones((2, 1)), 1e-8, sp.log(1 + 2 * 2 / sp.Float("1e-8", 50) ** 2) / 2),  # ~19.1 nats
+        (np.ones((2, 1), np.float32), 1e-4, sp.log(1 + 2 * 2 / sp.Float("1e-4", 50) ** 2) / 2),
+    ],
+    ids=["float64-eps1e-8", "float32-eps1e-4"],
+)
+def test_coding_rate_cases_that_raised_linalgerror(Z, eps, exact):
+    # Both raised "Matrix is not positive definite" with the Cholesky version.
+    got = wb.coding_rate(Z, eps)
+    assert got.dtype == Z.dtype
+    assert float(got) == pytest.approx(float(exact), rel=REL_TOL[Z.dtype.type])

@@ -26,6 +26,8 @@ Functions (all work unchanged on NumPy and CuPy arrays and compute in the dtype 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .backend import get_array_module
@@ -121,10 +123,34 @@ def _check_U(xp, U, d, K, dtype):
     return U.astype(dtype, copy=False)
 
 
-def _logdet_spd(xp, A):
-    """log det of a (batch of) symmetric positive definite matrix by Cholesky."""
-    L = xp.linalg.cholesky(A)
-    return 2 * xp.log(xp.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+def _log1p_alpha_gram(xp, Z, log_sqrt_alpha):
+    r"""sum_i log1p(alpha s_i^2) = logdet(I + alpha Z Z^T) for a (batch of) Z: (..., d, m).
+
+    Sylvester's identity makes logdet(I_d + alpha Z Z^T) = logdet(I_m + alpha Z^T Z), and both
+    equal sum_i log1p(alpha s_i^2) over the singular values s_i of Z. We take the s_i from an
+    SVD of Z itself (not an eigendecomposition of a Gram matrix: forming Z Z^T squares the
+    condition number, so a zero eigenvalue comes back as ~1e-16 ||Z||^2, which alpha ~ 1e16
+    would turn into whole nats of error), in float64, after scaling Z by its largest entry so no
+    square can overflow. ``log_sqrt_alpha`` (shape broadcasting against the batch) is
+    log(sqrt(alpha)), so alpha itself is never formed: eps^2 may underflow or overflow.
+    Each term is log1p(r^2) with r = sqrt(alpha) s for r < 1 and 2 log r + log1p(r^-2) for
+    r >= 1, exact in exact arithmetic and free of overflow. Returns float64, shape (...,).
+    """
+    Z = Z.astype(xp.float64)
+    m = xp.max(xp.abs(Z), axis=(-2, -1))  # (...,)
+    safe_m = xp.where(m > 0, m, 1.0)
+    s = xp.linalg.svd(Z / safe_m[..., None, None], compute_uv=False)  # (..., min(d, m))
+    log_m = xp.log(safe_m)[..., None]
+    lsa = xp.asarray(log_sqrt_alpha, dtype=xp.float64)[..., None]
+    with np.errstate(all="ignore"):
+        r = (s * safe_m[..., None]) * xp.exp(lsa)  # may be inf (huge) or 0 (underflow)
+        log_r = xp.where(
+            xp.isfinite(r) & (r > 0), xp.log(r), xp.log(s) + log_m + lsa
+        )  # log r without overflow where r itself does not fit
+        small = xp.log1p(r * r)
+        big = 2 * log_r + xp.log1p(xp.exp(-2 * log_r))
+        terms = xp.where(s > 0, xp.where(r < 1, small, big), 0.0)
+    return terms.sum(axis=-1)
 
 
 def _scalar(x):
@@ -145,9 +171,9 @@ def coding_rate(Z, eps):
     xp, Z = _check_Z(Z)
     eps = _check_positive(eps, "eps")
     d, n = Z.shape
-    alpha = d / (n * eps**2)
-    A = xp.eye(d, dtype=Z.dtype) + alpha * (Z @ Z.T)  # (d, d)
-    return _scalar(0.5 * _logdet_spd(xp, A))
+    # alpha = d / (n eps^2), kept as log(sqrt(alpha)) so eps^2 is never formed
+    log_sqrt_alpha = 0.5 * (math.log(d) - math.log(n)) - math.log(eps)
+    return _scalar((0.5 * _log1p_alpha_gram(xp, Z, log_sqrt_alpha)).astype(Z.dtype))
 
 
 def compression_rate(Z, Pi, eps):
@@ -163,22 +189,26 @@ def compression_rate(Z, Pi, eps):
     d, n = Z.shape
     Pi = _check_Pi(xp, Pi, n, Z.dtype)
     eps = _check_positive(eps, "eps")
-    n_k = Pi.sum(axis=0)  # (K,)
+    Z64, Pi64 = Z.astype(xp.float64), Pi.astype(xp.float64)
+    n_k = Pi64.sum(axis=0)  # (K,)
     nonempty = n_k > 0
-    safe_nk = xp.where(nonempty, n_k, 1)
-    # Z diag(pi_k) Z^T for every k at once: (K, d, d)
-    cov = xp.einsum("in,nk,jn->kij", Z, Pi, Z)
-    alpha = (d / eps**2) / safe_nk  # (K,)
-    A = xp.eye(d, dtype=Z.dtype) + alpha[:, None, None] * cov
-    logdets = _logdet_spd(xp, A)  # (K,)
-    terms = xp.where(nonempty, n_k / (2 * n) * logdets, 0)
-    return _scalar(terms.sum())
+    safe_nk = xp.where(nonempty, n_k, 1.0)
+    # Z diag(pi_k) Z^T = (Z sqrt(pi_k)) (Z sqrt(pi_k))^T: one (d, n) factor per group, (K, d, n)
+    factors = Z64[None, :, :] * xp.sqrt(Pi64.T)[:, None, :]
+    # alpha_k = d / (n_k eps^2), kept as log(sqrt(alpha_k))
+    log_sqrt_alpha = 0.5 * (math.log(d) - xp.log(safe_nk)) - math.log(eps)  # (K,)
+    logdets = _log1p_alpha_gram(xp, factors, log_sqrt_alpha)  # (K,)
+    terms = xp.where(nonempty, n_k / (2 * n) * logdets, 0.0)
+    return _scalar(terms.sum().astype(Z.dtype))
 
 
 def rate_reduction(Z, Pi, eps):
     r"""The MCR² objective DeltaR(Z | Pi) = R(Z) - R_c(Z | Pi) (paper eq. (2)): expand the whole,
     compress the parts. ``Z``: (d, n), ``Pi``: (n, K), ``eps`` > 0."""
-    return coding_rate(Z, eps) - compression_rate(Z, Pi, eps)
+    xp, Z = _check_Z(Z)
+    Z64 = Z.astype(xp.float64)  # subtract in float64, round once to the input dtype
+    diff = coding_rate(Z64, eps) - compression_rate(Z64, Pi, eps)
+    return _scalar(xp.asarray(diff).astype(Z.dtype))
 
 
 # --------------------------------------------------------------------------- variational form
