@@ -436,3 +436,139 @@ def test_coding_rate_cases_that_raised_linalgerror(Z, eps, exact):
     got = wb.coding_rate(Z, eps)
     assert got.dtype == Z.dtype
     assert float(got) == pytest.approx(float(exact), rel=REL_TOL[Z.dtype.type])
+
+
+# ----------------------------------------------------------------- extreme parameters
+# Each case below returned inf/NaN/0 or raised ZeroDivisionError/OverflowError before: now the
+# exact rates are computed correctly (alpha is never formed) and the variational form refuses
+# by name outside the range where d/eps^2 is a normal number.
+
+
+@pytest.mark.parametrize("eps", [1e-200, 1e-170, 1e-158, 1e155, 1e160, 1e200])
+def test_exact_rates_at_extreme_eps_match_mpmath(eps):
+    mpmath.mp.dps = 60
+    Z = np.array([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]])  # d = 2, n = 3
+    Pi = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    e = mpmath.mpf(eps)
+    R = _mp_logdet_gram(Z, np.ones(3), 2 / (3 * e**2)) / 2
+    Rc = sum(
+        mpmath.mpf(1.5) / 6 * _mp_logdet_gram(Z, Pi[:, k], 2 / (mpmath.mpf(1.5) * e**2))
+        for k in range(2)
+    )
+    # at eps >= 1e155 the true rates (~1e-310) underflow: abs=1e-300 accepts the rounding
+    assert float(wb.coding_rate(Z, eps)) == pytest.approx(float(R), rel=1e-12, abs=1e-300)
+    assert float(wb.compression_rate(Z, Pi, eps)) == pytest.approx(float(Rc), rel=1e-12, abs=1e-300)
+    got_dR = float(wb.rate_reduction(Z, Pi, eps))
+    assert abs(got_dR - float(R - Rc)) <= 1e-12 * float(R + Rc) + 1e-300
+
+
+@pytest.mark.parametrize("scale", [1e154, 1e200, 1e300])
+def test_exact_rates_for_huge_z_match_mpmath(scale):
+    mpmath.mp.dps = 60
+    Z = scale * np.array([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]])
+    R = _mp_logdet_gram(Z, np.ones(3), mpmath.mpf(2) / 3) / 2
+    assert float(wb.coding_rate(Z, 1.0)) == pytest.approx(float(R), rel=1e-12)
+
+
+def test_huge_float32_z_gives_correct_exact_rate():
+    Z = np.array([[3e19, -1e20], [2e19, 5e19]], np.float32)  # squares overflow float32
+    mpmath.mp.dps = 60
+    R = _mp_logdet_gram(Z, np.ones(2), mpmath.mpf(1)) / 2
+    got = wb.coding_rate(Z, 1.0)
+    assert got.dtype == np.float32 and float(got) == pytest.approx(float(R), rel=1e-6)
+
+
+@pytest.mark.parametrize("eps", [1e-170, 1e-158, 1e155, 1e170])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda Z, Pi, U, eps: wb.variational_compression_rate(Z, Pi, U, eps),
+        lambda Z, Pi, U, eps: wb.variational_compression_grad(Z, Pi, U, eps),
+        lambda Z, Pi, U, eps: wb.tssa_step(Z, Pi, U, eps, 0.1),
+    ],
+    ids=["rate", "grad", "tssa_step"],
+)
+def test_variational_form_refuses_eps_outside_its_range(rng, fn, eps):
+    Z, Pi, U = random_problem(rng, 4, 5, 2, 2)
+    with pytest.raises(ValueError, match=r"eps must lie in \[.*\] for d = 4 in float64"):
+        fn(Z, Pi, U, eps)
+
+
+def test_variational_form_float32_range_is_its_own(rng):
+    Z, Pi, U = random_problem(rng, 4, 5, 2, 2, np.float32)
+    wb.variational_compression_grad(Z.astype(np.float64), Pi, U, 1e-25)  # fine in float64
+    with pytest.raises(ValueError, match="eps must lie in .* float32"):
+        wb.variational_compression_grad(Z, Pi, U, 1e-25)  # d/eps^2 = 4e50 is not a float32
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e155), (np.float32, 1e20)])
+def test_variational_form_refuses_z_whose_squares_overflow(rng, dtype, scale):
+    Z, Pi, U = random_problem(rng, 4, 5, 2, 2, dtype)
+    Z = Z * dtype(scale)
+    for fn in (wb.variational_compression_rate, wb.variational_compression_grad):
+        with pytest.raises(ValueError, match="Z .* too large"):
+            fn(Z, Pi, U, 1.0)
+    with pytest.raises(ValueError, match="Z .* too large"):
+        wb.token_statistics(Z, Pi, U)
+    with pytest.raises(ValueError, match="Z .* too large"):
+        wb.estimate_membership(Z, U, 1.0)
+
+
+def _loop_statistics(Z, Pi, U):
+    K, d, p = U.shape
+    y = np.zeros((K, p))
+    for k in range(K):
+        for i in range(p):
+            y[k, i] = sum(Pi[j, k] * (U[k, :, i] @ Z[:, j]) ** 2 for j in range(Z.shape[1]))
+            y[k, i] /= Pi[:, k].sum()
+    return y
+
+
+def test_gradient_is_not_a_silent_zero_when_c_times_y_overflows(rng):
+    # eps = 1e-150: c = d/eps^2 = 4e300 and y ~ 1e10, so c*y overflows; the old
+    # c / (1 + c y) returned exactly 0. The true D_k = 1/(1/c + y) = 1/y to ~1e-310.
+    Z, Pi, U = random_problem(rng, 4, 5, 2, 2)
+    Z = 1e5 * Z
+    y = _loop_statistics(Z, Pi, U)
+    ref = np.zeros_like(Z)
+    for k in range(2):
+        ref += U[k] @ np.diag(1 / y[k]) @ U[k].T @ Z @ np.diag(Pi[:, k])
+    ref /= Z.shape[1]
+    got = wb.variational_compression_grad(Z, Pi, U, 1e-150)
+    assert np.all(np.isfinite(got)) and np.any(got != 0)
+    assert rel_error(got, ref) < 1e-12
+
+
+def test_variational_rate_is_finite_when_c_times_y_overflows(rng):
+    mpmath.mp.dps = 40
+    Z, Pi, U = random_problem(rng, 4, 5, 2, 2)
+    Z = 1e5 * Z
+    y = _loop_statistics(Z, Pi, U)
+    c = mpmath.mpf(4) / mpmath.mpf(1e-150) ** 2
+    n = Z.shape[1]
+    ref = mpmath.fsum(
+        mpmath.mpf(float(Pi[:, k].sum())) / (2 * n) * mpmath.log(1 + c * mpmath.mpf(y[k, i]))
+        for k in range(2)
+        for i in range(2)
+    )
+    got = wb.variational_compression_rate(Z, Pi, U, 1e-150)
+    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+
+
+@pytest.mark.parametrize("eta", [1e-308, 1e-320, 5e-324])
+def test_membership_with_subnormal_eta_is_the_hard_assignment(rng, eta):
+    Z, _, U = random_problem(rng, 4, 6, 2, 3)
+    energy = np.array(
+        [[np.sum((U[k].T @ Z[:, j]) ** 2) for k in range(3)] for j in range(6)]
+    )  # (n, K) by loops
+    Pi = wb.estimate_membership(Z, U, eta)
+    assert np.all(np.isfinite(Pi))
+    np.testing.assert_array_equal(Pi, np.eye(3)[energy.argmax(axis=1)])
+
+
+def test_tssa_step_refuses_a_tau_that_overflows(rng):
+    Z, Pi, U = random_problem(rng, 4, 5, 2, 2)
+    Z = 1e-10 * Z  # eps = 1e-100: D_k ~ 1/y_k ~ 1e20, the gradient ~ 1e10
+    assert np.all(np.isfinite(wb.tssa_step(Z, Pi, U, 1e-100, 1.0)))
+    with pytest.raises(ValueError, match="tau .* too large"):
+        wb.tssa_step(Z, Pi, U, 1e-100, 1e300)
