@@ -83,6 +83,12 @@ def results_table(results: dict, tuning: dict | None) -> str:
                 f"- {task}: ToST is better than its softmax baseline in {wins} of {n} seeds "
                 "(paired by seed)."
             )
+    if "digits-tost-cab" in results:
+        lines.append(
+            "- ToST-CAB (`--model tost-cab`: conv stem with BatchNorm, Fourier positions, class "
+            "attention; `docs/deviations.md`) is not tuned on its own: it gets the simplified "
+            "ToST's chosen setting."
+        )
     if tuning:
         grid = tuning["grid"]
         lines.append(
