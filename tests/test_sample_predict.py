@@ -183,3 +183,12 @@ def test_sample_refuses_bad_flags(text_run, capsys, flags, message):
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_predict_takes_a_tost_cab_checkpoint_too(tmp_path, capsys):
+    cfg = T.make_config(task="digits", model="tost-cab", steps=4, eval_every=4, depth=1, dim=16,
+                        heads=2, out=str(tmp_path / "cab"))  # fmt: skip
+    run = T.train(cfg, progress=False)
+    assert predict.main([run["checkpoint"], "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["test_accuracy"] == run["test_accuracy"]  # the model applies its own normalization

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     try:
         model = load(args.checkpoint, device=args.device)
         kind = model.config["model"]
-        if kind != "classifier" or model.config.get("image_size") != 8:
+        if kind not in ("classifier", "tost_cab") or model.config.get("image_size") != 8:
             hint = " use python -m whitebox.sample" if kind == "language_model" else ""
             raise CheckpointError(
                 f"{args.checkpoint!r} holds a {kind}, not a digits classifier;{hint}"
