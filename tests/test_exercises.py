@@ -420,3 +420,19 @@ def test_chapter_links_point_at_existing_chapters(name):
             pytest.fail(
                 f"{name} links to {target.name}, but chapter {number} is {chapters[0].name}"
             )
+
+
+def test_constant_factor_is_said_only_when_every_case_has_the_same_factor(capsys):
+    def times_three(Z, eps):
+        return 3.0 * wb.coding_rate(Z, eps)
+
+    def scaled_by_the_data(Z, eps):  # a factor that changes from case to case (like a centring)
+        return float(np.abs(Z).max()) * 1.37 * wb.coding_rate(Z, eps)
+
+    assert not ec.check_coding_rate(times_three)
+    out = capsys.readouterr().out
+    assert "3 × the expected one in every case: a constant factor is off" in out
+    assert not ec.check_coding_rate(scaled_by_the_data)
+    out = capsys.readouterr().out
+    assert "constant factor is off" not in out and "not a constant factor" in out
+    assert "in case '" in out.split("not a constant factor")[0]  # names the case that differs

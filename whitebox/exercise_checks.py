@@ -245,26 +245,60 @@ def _sentence(text: str) -> str:
     return text
 
 
-def _ratio_hint(expected, got) -> str:
-    """'got = c x expected' or 'got = expected^T' when that explains a wrong array."""
+def _best_ratio(expected, got):
+    """The least-squares c with got ~ c * expected, and whether it explains got exactly
+    (None when the arrays cannot be compared)."""
     try:
         e = np.asarray(expected, dtype=np.float64)
         g = _to_float_array(got).reshape(e.shape)
     except (BadOutput, ValueError):
-        return ""
+        return None
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(g))):
-        return ""
+        return None
     ee = float(np.sum(e * e))
     if ee == 0:
-        return ""
+        return None
     r = float(np.sum(g * e)) / ee
-    if np.sqrt(np.sum((g - r * e) ** 2)) <= 1e-6 * (np.sqrt(np.sum(g * g)) + 1e-300):
+    exact = np.sqrt(np.sum((g - r * e) ** 2)) <= 1e-6 * (np.sqrt(np.sum(g * g)) + 1e-300)
+    return r, bool(exact), e, g
+
+
+def _ratio_hint(expected, got, others=()) -> str:
+    """'got = c x expected' or 'got = expected^T' when that explains a wrong array.
+
+    ``others``: (case name, expected, got) of the same quantity in the other cases. "A constant
+    factor" is said only when the same factor explains every case; when the factor changes from
+    case to case, the hint names the case that differs most instead."""
+    fit = _best_ratio(expected, got)
+    if fit is None:
+        return ""
+    r, exact, e, g = fit
+    if exact:
+        ratios = [(name, _best_ratio(oe, og)) for name, oe, og in others]
+        differ = [
+            (name, f[0])
+            for name, f in ratios
+            if f is None or not f[1] or abs(f[0] - r) > 1e-6 * max(abs(r), 1e-300)
+        ]
+        if differ:
+            name, other = max(
+                differ, key=lambda t: math.inf if t[1] is None else abs(t[1] - r)
+            )  # the case that differs most
+            there = (
+                "cannot be compared" if other is None else f"is {_num(other)} × the expected one"
+            )
+            return (
+                f"Your value is {_num(r)} × the expected one here, but in case '{name}' it "
+                f"{there}: not a constant factor, so look for a term that depends on the "
+                "input (a centring, a count, a data-dependent scale)."
+            )
         known = {2.0: " (a missing ½?)", 0.5: " (an extra ½, or a lost factor 2?)", -1.0: ""}
         for c, why in known.items():
             if abs(r - c) < 1e-6 * abs(c):
                 what = "the sign is flipped" if c == -1 else f"{_num(r)} × the expected one"
                 return f"Your value is {what}{why}."
-        return f"Your value is {_num(r)} × the expected one: a constant factor is off."
+        every = " in every case" if others else ""
+        return f"Your value is {_num(r)} × the expected one{every}: a constant factor is off."
     if e.ndim == 2 and e.shape[0] == e.shape[1] and np.allclose(g, e.T, rtol=1e-6, atol=0):
         return "Your value is the transpose of the expected one."
     return ""
@@ -478,7 +512,12 @@ def run_check(spec: Spec, fn) -> CheckResult:
             for s in matched:
                 lines.append(f"  Likely slip: {s.name}. {_sentence(s.hint)}")
         else:
-            hint = _ratio_hint(e, g) if g is not None else ""
+            others = [
+                (c.name, spec.reference(c)[q], got[q])
+                for c, got in runs
+                if c is not case and q in got and q in spec.reference(c)
+            ]
+            hint = _ratio_hint(e, g, others) if g is not None else ""
             lines.append(
                 "  No known slip matches. "
                 + (hint or "Compare your code with the formula step by step.")
