@@ -592,45 +592,19 @@ def gpu_benchmark(cfg, log=print):
     )  # fmt: skip
 
 
-def _text_train_time(device, steps):
-    """Seconds per step of the default text model, through the training loop's own step
-    (one wait for the device a step), after 3 warm-up steps."""
-    from .train import TextTask, _train_step, make_config
-
-    tcfg = make_config(task="text", device=device)
-    task = TextTask(tcfg)
-    xp = device_module(device)
-    model = build(task.model_config())
-    if device != "cpu":
-        model.to(device)
-    opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    rng = np.random.default_rng(1)
-    batches = [task.batch(i, rng) for i in range(3 + steps)]
-    for i in range(3):
-        _train_step(model, opt, *batches[i], xp, tcfg, tcfg.lr, i)
-    t0 = time.perf_counter()
-    for i in range(3, 3 + steps):
-        _train_step(model, opt, *batches[i], xp, tcfg, tcfg.lr, i)
-    sec = (time.perf_counter() - t0) / steps
-    return dict(seconds_per_step=sec, steps_timed=steps, batch_size=tcfg.batch_size,
-                block_size=tcfg.block_size)  # fmt: skip
-
-
-def _digits_train_time(device, steps):
-    """Seconds per training step of the default digits model (after 3 warm-up steps)."""
-    tcfg, task, _, _ = _digits_batch(None)
-    xp = device_module(device)
-    model = build(task.model_config())
-    if device != "cpu":
-        model.to(device)
-    opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    rng = np.random.default_rng(1)
-
+def _seconds_per_train_step(task, tcfg, device, steps, batch_and_lr):
+    """Seconds per step of ``task``'s default model through the training loop's own step (one
+    wait for the device a step), after 3 warm-up steps; ``batch_and_lr(i)`` -> (x, y, lr)."""
     from .train import _train_step
 
-    def step(i):  # the training loop's own step: one wait for the device
-        x, y = task.batch(i, rng)
-        lr = nn.cosine_lr(i, task.total_steps, tcfg.warmup, tcfg.lr)
+    xp = device_module(device)
+    model = build(task.model_config())
+    if device != "cpu":
+        model.to(device)
+    opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+
+    def step(i):
+        x, y, lr = batch_and_lr(i)
         return _train_step(model, opt, x, y, xp, tcfg, lr, i)
 
     for i in range(3):
@@ -638,7 +612,33 @@ def _digits_train_time(device, steps):
     t0 = time.perf_counter()
     for i in range(3, 3 + steps):
         step(i)
-    sec = (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps
+
+
+def _text_train_time(device, steps):
+    """Seconds per step of the default text model (batches drawn before the clock starts)."""
+    from .train import TextTask, make_config
+
+    tcfg = make_config(task="text", device=device)
+    task = TextTask(tcfg)
+    rng = np.random.default_rng(1)
+    batches = [task.batch(i, rng) for i in range(3 + steps)]
+    sec = _seconds_per_train_step(task, tcfg, device, steps, lambda i: (*batches[i], tcfg.lr))
+    return dict(seconds_per_step=sec, steps_timed=steps, batch_size=tcfg.batch_size,
+                block_size=tcfg.block_size)  # fmt: skip
+
+
+def _digits_train_time(device, steps):
+    """Seconds per training step of the default digits model (batches and the learning-rate
+    schedule inside the timed loop, as in training)."""
+    tcfg, task, _, _ = _digits_batch(None)
+    rng = np.random.default_rng(1)
+
+    def batch_and_lr(i):
+        x, y = task.batch(i, rng)
+        return x, y, nn.cosine_lr(i, task.total_steps, tcfg.warmup, tcfg.lr)
+
+    sec = _seconds_per_train_step(task, tcfg, device, steps, batch_and_lr)
     return dict(
         seconds_per_step=sec, steps_timed=steps, batch_size=tcfg.batch_size,
         epoch_seconds=sec * task.steps_per_epoch,
