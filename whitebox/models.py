@@ -23,7 +23,6 @@ from .nn import (
     Linear,
     Module,
     ModuleList,
-    _check_finite,
     _check_tokens,
     _normal,
 )
@@ -65,6 +64,8 @@ class ToSTClassifier(Module):
     ``inter["pi"]`` = [Pi of block l (B, H, N)] for TSSA (``None`` entries for softmax
     attention, whose maps are in ``inter["attn"]``, each (B, H, N, N)). The same lists stay in
     ``self.intermediates`` after every forward."""
+
+    host_input = True  # images may come from the host; forward moves them
 
     def __init__(
         self, image_size=8, patch_size=2, in_chans=1, num_classes=10, dim=32, depth=2,
@@ -125,7 +126,6 @@ class ToSTClassifier(Module):
             x = x[:, None]
         if getattr(x, "ndim", None) != 4 or x.shape[1:] != (C, S, S):
             raise ValueError(f"x: expected shape (B, {C}, {S}, {S}) or (B, {S}, {S}), got {shape}")
-        _check_finite(x)
         xp = get_array_module(self.params["pos_embed"])
         self._in_shape = shape
         x = xp.asarray(x, dtype=self.dtype)
@@ -235,6 +235,8 @@ class ToSTLanguageModel(Module):
     position (the public model returns only the last one when it gets no targets).
     ``vocab`` (a string of ``vocab_size`` distinct characters, stored in the config and so in
     every checkpoint) gives ``encode(text) -> ids`` and ``decode(ids) -> text``."""
+
+    input_kind = "index"
 
     def encode(self, text):
         """text -> (T,) int64 ids through the stored vocabulary."""

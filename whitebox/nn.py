@@ -27,6 +27,7 @@ token embedding). Biases, LayerNorm parameters, TSSA temperatures ``temp``, the 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -60,8 +61,9 @@ loop turns this off for its steps and checks its batches on the host instead."""
 
 
 def _erf(x):
-    """The error function, elementwise, in the dtype of ``x`` (see ``backend.erf``)."""
-    return erf(x)
+    """The error function, elementwise, in the dtype of ``x`` (see ``backend.erf``; SciPy's
+    answers a float16 input in float64)."""
+    return erf(x).astype(x.dtype, copy=False)
 
 
 def _softmax(z, axis):
@@ -95,12 +97,12 @@ def _prefixed(grads, prefix):
 
 
 def _check_tokens(x, dim, name="x"):
-    """Validate a (B, n, dim) finite array (ValueError naming the problem)."""
+    """Validate the shape (B, n, dim) (ValueError naming the problem). The values are checked
+    once, where the outermost module is called (see :class:`Module`)."""
     if getattr(x, "ndim", None) != 3 or x.shape[-1] != dim:
         raise ValueError(
             f"{name}: expected shape (B, n, {dim}), got {getattr(x, 'shape', type(x).__name__)}"
         )
-    _check_finite(x, name)
 
 
 def _check_finite(x, name="x"):
@@ -555,6 +557,149 @@ def softmax_attention_backward(dout, cache):
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# One validation policy for every Module
+# --------------------------------------------------------------------------------------------
+
+
+class BackwardBeforeForwardError(RuntimeError):
+    """``backward`` was called on a module that has not run ``forward`` yet."""
+
+
+_DEPTH = [0]
+"""How many Module.forward / backward calls are running: the checks run at depth 0 only,
+where a user's array comes in, so a model checks its input once, not once per layer."""
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy"
+
+
+def _where(xp) -> str:
+    return "CPU (NumPy)" if xp is np else "GPU (CuPy)"
+
+
+def _float_array(x, name, dtype, module_xp, host_ok=False):
+    """``x`` as a finite array of ``dtype`` on the module's device, or a ValueError that names
+    ``name`` (the policy of :class:`Module`): real floating input only, cast to ``dtype`` with
+    overflow refused. ``dtype`` None keeps the input's; ``module_xp`` None accepts any device."""
+    if not _is_array(x):
+        raise ValueError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name}: expected real floating-point values, got dtype {x.dtype}")
+    xp = get_array_module(x)
+    if module_xp is not None and xp is not module_xp:
+        if not (host_ok and xp is np):
+            raise ValueError(
+                f"{name}: the array is on the {_where(xp)} but the module is on the "
+                f"{_where(module_xp)}; move one of them (whitebox.backend.to_device, module.to)"
+            )
+        x, xp = module_xp.asarray(x), module_xp
+    original = x
+    if dtype is not None and x.dtype != dtype:
+        with np.errstate(over="ignore"):
+            x = x.astype(dtype)
+    if CHECK_INPUTS and not bool(xp.isfinite(x).all()):
+        if x is not original and bool(xp.isfinite(original).all()):
+            big = float(xp.abs(original).max())
+            raise ValueError(
+                f"{name}: values up to {big:.3g} overflow {np.dtype(dtype).name} (largest "
+                f"finite {float(np.finfo(dtype).max):.3g}); rescale them or use float64"
+            )
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return x
+
+
+def _index_array(idx, name, module_xp):
+    """Integer token ids (a list is accepted) on the module's device, else a ValueError."""
+    xp = module_xp or np
+    if _is_array(idx) and get_array_module(idx) is not xp and xp is np:
+        raise ValueError(f"{name}: the ids are on the GPU but the module is on the CPU")
+    idx = xp.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integer token ids, got dtype {idx.dtype}")
+    return idx
+
+
+def _first_array(result):
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _overflow_error(module, dtype, what="x"):
+    return ValueError(
+        f"{what}: {type(module).__name__} overflowed {np.dtype(dtype).name} on this input (its "
+        "values are finite, but too large for the layer in this precision); rescale the input "
+        "or use float64"
+    )
+
+
+def _check_result(module, arrays, what):
+    """Refuse a non-finite result of a finite input: the layer overflowed in its dtype."""
+    for a in arrays:
+        if _is_array(a) and a.dtype.kind == "f" and not bool(get_array_module(a).isfinite(a).all()):
+            raise _overflow_error(module, a.dtype, what)
+
+
+def _refuse_overflow(module, ok):
+    """A layer whose overflow would give a finite but wrong output (a normalization by an
+    infinite norm returns 0) checks its small statistics ``ok`` (True where they are usable)."""
+    if CHECK_INPUTS and not bool(ok.all()):
+        raise _overflow_error(module, module.dtype)
+
+
+def _guard_forward(forward):
+    @functools.wraps(forward)
+    def checked_forward(self, x, *args, **kwargs):
+        if _DEPTH[0]:  # inside another module, whose input was checked already
+            out = forward(self, x, *args, **kwargs)
+        else:
+            xp = self._array_module()
+            if self.input_kind == "float":
+                x = _float_array(x, "x", self._dtype_or_none(), xp, self.host_input)
+            elif self.input_kind == "index":
+                x = _index_array(x, "idx", xp)
+            _DEPTH[0] += 1
+            try:
+                out = forward(self, x, *args, **kwargs)
+            finally:
+                _DEPTH[0] -= 1
+            if CHECK_INPUTS:
+                _check_result(self, [_first_array(out)], "x")
+        first = _first_array(out)
+        self._out_shape = getattr(first, "shape", None)
+        self._out_dtype = getattr(first, "dtype", None)
+        return out
+
+    return checked_forward
+
+
+def _guard_backward(backward):
+    @functools.wraps(backward)
+    def checked_backward(self, dy, *args, **kwargs):
+        if _DEPTH[0]:
+            return backward(self, dy, *args, **kwargs)
+        shape = getattr(self, "_out_shape", None)
+        if shape is None:
+            raise BackwardBeforeForwardError(
+                f"{type(self).__name__}.backward: call forward first (there is no output to "
+                "take the gradient of)"
+            )
+        dy = _float_array(dy, "dy", self._out_dtype, self._array_module())
+        if dy.shape != shape:
+            raise ValueError(f"dy: expected the shape of the last output {shape}, got {dy.shape}")
+        _DEPTH[0] += 1
+        try:
+            dx = backward(self, dy, *args, **kwargs)
+        finally:
+            _DEPTH[0] -= 1
+        if CHECK_INPUTS:
+            grads = [g for _, m in self.named_modules() for g in m.grads.values()]
+            _check_result(self, [_first_array(dx), *grads], "dy")
+        return dx
+
+    return checked_backward
+
+
 def _normal(rng, shape, std, dtype):
     return (rng.standard_normal(shape) * std).astype(dtype)
 
@@ -564,14 +709,54 @@ class Module:
 
     ``parameters()`` maps dotted names (``blocks.0.attn.qkv.weight``) to the live arrays;
     ``gradients()`` maps the same names to the gradients filled by ``backward``.
-    Subclasses set ``decay``: the local parameter names that get weight decay."""
+    Subclasses set ``decay``: the local parameter names that get weight decay.
+
+    **The validation policy**, the same for every module (applied to each subclass's
+    ``forward`` and ``backward`` by ``__init_subclass__``, at the outermost call only, so that
+    a model checks its input once and not once per layer):
+
+    * ``forward(x)``: ``x`` must be a real floating-point NumPy / CuPy array on the module's
+      device (complex, integer, bool and object arrays, lists and scalars get a ValueError
+      naming ``x``); it is cast to the module's dtype, and a value that overflows that dtype
+      is refused, as is NaN or Inf; the output is in the module's dtype. A finite input whose
+      output is not finite (the layer overflowed in its precision) is refused too. Modules that
+      take token ids (``input_kind = 'index'``) need integer arrays instead.
+    * ``backward(dy)``: ``dy`` must have exactly the shape of the last output and be finite
+      (cast to the output's dtype); backward before any forward raises
+      :class:`BackwardBeforeForwardError`.
+
+    The value checks (finiteness) cost one pass over the input and one over the output; they
+    follow :data:`CHECK_INPUTS`, which the training loop turns off for its steps (it checks
+    each batch on the host instead). Type, dtype, device and shape checks are always on."""
 
     decay: tuple[str, ...] = ()
+    input_kind = "float"
+    """What ``forward`` takes: 'float' arrays, 'index' (integer ids) or None (no array)."""
+    host_input = False
+    """True for models that take a NumPy input on the GPU and move it there (the image models)."""
+
+    def __init_subclass__(cls, **kwargs):
+        """Every subclass's forward / backward get the checks of the policy above."""
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = _guard_forward(cls.__dict__["forward"])
+        if "backward" in cls.__dict__:
+            cls.backward = _guard_backward(cls.__dict__["backward"])
 
     def __init__(self):
         object.__setattr__(self, "_children", {})
         self.params = {}
         self.grads = {}
+        self._out_shape = None
+
+    def _array_module(self):
+        """NumPy or CuPy, where the parameters live (None for a module without any)."""
+        params = self.parameters()
+        return get_array_module(next(iter(params.values()))) if params else None
+
+    def _dtype_or_none(self):
+        params = self.parameters()
+        return next(iter(params.values())).dtype if params else None
 
     def __setattr__(self, name, value):
         if isinstance(value, Module):
@@ -730,6 +915,7 @@ class LayerNorm(Module):
         if x.shape[-1] != D:
             raise ValueError(f"x: expected last dimension {D}, got shape {x.shape}")
         y, self._cache = layernorm_forward(_as_dtype(x, self.dtype), self.params, self.eps)
+        _refuse_overflow(self, self._cache[1] > 0)  # rstd = 0 where the variance overflowed
         return y
 
     def backward(self, dy):
@@ -796,6 +982,7 @@ class Embedding(Module):
     """Lookup table. Params: 'weight' (num_embeddings, dim). forward(idx) -> (..., dim)."""
 
     decay = ("weight",)
+    input_kind = "index"
 
     def __init__(self, num_embeddings, dim, dtype=np.float32, rng=None, init_std=INIT_STD):
         super().__init__()
@@ -879,6 +1066,8 @@ class TSSA(Module):
                 dropout_mask(self._drop_rng, shape, self.attn_drop, self.dtype)
             )
         out, self._cache = tssa_forward(_as_dtype(x, self.dtype), self.params, mask)
+        if "col_norm" in self._cache:  # an overflowed norm would make the output 0
+            _refuse_overflow(self, get_array_module(x).isfinite(self._cache["col_norm"]))
         self.last_pi = self._cache["pi"]
         return out
 
@@ -920,6 +1109,7 @@ class CausalTSSA(Module):
                 f"x: sequence length {x.shape[1]} exceeds block_size {self.block_size}"
             )
         out, self._cache = causal_tssa_forward(_as_dtype(x, self.dtype), self.params)
+        _refuse_overflow(self, get_array_module(x).isfinite(self._cache["r_raw"][:, :, -1]))
         self.last_pi = self._cache["pi"]
         return out
 

@@ -41,10 +41,10 @@ from .nn import (
     Module,
     ModuleList,
     _as_dtype,
-    _check_finite,
     _check_heads,
     _normal,
     _prefixed,
+    _refuse_overflow,
     _rng,
     _softmax,
     _softmax_backward,
@@ -342,6 +342,7 @@ class BatchNorm2d(Module):
             self.momentum,
             self.eps,
         )
+        _refuse_overflow(self, self._cache["rstd"] > 0)  # before the buffers take the statistics
         if self.training:
             for k, v in self._cache["buffers"].items():
                 self.buffers[k][...] = v
@@ -406,6 +407,8 @@ class FourierPositionalEncoding(Module):
     Child 'token_projection' (Linear 2 hidden_dim -> D; the public code's 1 x 1 convolution,
     weight (D, 2 hidden_dim, 1, 1) there), initialised as PyTorch initialises that convolution:
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
+
+    input_kind = None  # forward(Hp, Wp) takes the grid size
 
     def __init__(self, dim, hidden_dim=FOURIER_DIM, temperature=FOURIER_TEMPERATURE,
                  dtype=np.float32, rng=None):  # fmt: skip
@@ -587,6 +590,8 @@ class ToSTCAB(Module):
     only), ``inter["pi"]`` = Pi of each TSSA block (B, H, N), and ``inter["cls_attn"]`` = the
     class token's attention over [cls; patches] in each class-attention block (B, H, 1 + N)."""
 
+    host_input = True  # images may come from the host; forward moves them
+
     def __init__(
         self, image_size=224, patch_size=16, in_chans=3, num_classes=1000, dim=192, depth=12,
         num_heads=4, mlp_ratio=4, eta=1.0, cls_attn_layers=2, ln_eps=1e-6, dtype="float32",
@@ -680,7 +685,6 @@ class ToSTCAB(Module):
             x = x[:, None]
         if getattr(x, "ndim", None) != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"x: expected shape (B, {self.in_chans}, H, W), got {shape}")
-        _check_finite(x)
         xp = get_array_module(self.params["cls_token"])
         self._in_shape = shape
         x = xp.asarray(x, dtype=self.dtype)
