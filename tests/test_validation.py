@@ -254,3 +254,33 @@ def test_an_array_on_the_wrong_device_is_refused_by_name(monkeypatch):
     # the image models take host images and move them themselves
     model = models.ToSTClassifier(dim=8, num_heads=2).to("gpu")
     assert model.forward(np.ones((1, 8, 8), F32)).shape == (1, 10)
+
+
+def _f32_against_f64(cls, args, scale, seed=0):
+    m64 = cls(*args, dtype=F64, rng=np.random.default_rng(seed))
+    m32 = cls(*args, dtype=F32, rng=np.random.default_rng(seed))
+    m64.load_state_dict(m32.state_dict())  # the same (float32-representable) weights
+    rng = np.random.default_rng(seed + 1)
+    x = (rng.standard_normal((2, 7, args[0])) * scale).astype(F32)
+    dy = rng.standard_normal((2, 7, args[0])).astype(F32)
+    got = [m32.forward(x), m32.backward(dy), *m32.gradients().values()]
+    ref = [m64.forward(x.astype(F64)), m64.backward(dy.astype(F64)), *m64.gradients().values()]
+    return max(float(np.abs(g - r).max() / np.abs(r).max()) for g, r in zip(got, ref))
+
+
+@pytest.mark.parametrize("cls, args", [(nn.TSSA, (16, 4)), (nn.CausalTSSA, (16, 4, 8))])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e6, 1e10, 1e12, 1e14, 1e16, 1e18])
+def test_float32_tssa_gradients_match_float64_over_the_whole_float32_range(cls, args, scale):
+    """Float32 gradients went wrong from |x| ~ 1e12 (dx error 0.16-0.64, ~2 for the causal
+    layer): c^2 ~ 1/|w|^4 underflowed. Now within 1e-3 of float64 (outputs, dx and every
+    parameter gradient, each relative to its largest entry) up to |x| ~ 1e18, where w^2 is
+    about to overflow float32; beyond that the forward refuses (next test)."""
+    assert _f32_against_f64(cls, args, scale) < 1e-3
+
+
+@pytest.mark.parametrize("cls, args", [(nn.TSSA, (16, 4)), (nn.CausalTSSA, (16, 4, 8))])
+def test_float32_tssa_beyond_its_range_is_refused(cls, args):
+    layer = cls(*args, dtype=F32)
+    x = _input((2, 7, 16), F32, scale=1e21)
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(ValueError, match="overflow"):
+        layer.forward(x)

@@ -357,8 +357,8 @@ def tssa_forward(x, params, c_mask=None):
     cache = dict(
         qkv=qkv_cache, proj=proj_cache, w=w4, w_sq=w_sq4, col_norm=col_norm, denom=denom,
         inv_denom_sq=inv_denom_sq, a=a.transpose(0, 2, 1), temp=params["temp"],
-        pi=pi.transpose(0, 2, 1), pi_sum=pi_sum, pi_bar=pi_bar, c=c, neg_pi_c=neg_pi_c,
-        c_raw=c_raw, c_mask=c_mask,
+        pi=pi.transpose(0, 2, 1), pi_sum=pi_sum, pi_bar=pi_bar, s=s, c=c, neg_pi_c=neg_pi_c,
+        c_raw=c_raw, c_mask=c_mask, y=y,
     )  # fmt: skip
     return out, cache
 
@@ -371,7 +371,7 @@ def tssa_backward(dout, cache):
         dx, g_qkv = linear_backward(dw, cache["qkv"])
         return dx, {**_prefixed(g_qkv, "qkv"), "temp": dtemp, **_prefixed(g_proj, "proj")}
     xp = get_array_module(dout)
-    w, w_sq, c, pi_bar = cache["w"], cache["w_sq"], cache["c"], cache["pi_bar"]
+    w, w_sq, c = cache["w"], cache["w_sq"], cache["c"]
     pi = cache["pi"].transpose(0, 2, 1)  # (B, n, H)
     B, n, H, p = w.shape
     dy_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D), a fresh array
@@ -381,12 +381,19 @@ def tssa_backward(dout, cache):
     tmp = w * dy  # (B, n, H, p); reused below as scratch
     dpi = -xp.einsum("bnhp,bhp->bnh", tmp, c)  # (B, n, H)
     dc = -xp.einsum("bnh,bnhp->bhp", pi, tmp)  # (B, H, p)
+    y = cache["y"]  # -Pi c w, the head outputs
     if cache.get("c_mask") is not None:  # c = c_raw * mask
         dc = dc * cache["c_mask"]
         c = cache["c_raw"]
-    ds = -(c * c) * dc  # c = 1 / (1 + s)
-    # s = sum_j pi_bar_j w_j^2
-    dpi_bar = xp.einsum("bnhp,bhp->bnh", w_sq, ds)  # (B, n, H)
+        y = (pi[..., None] * -c[:, None]) * w  # -Pi c_raw w (the path through s sees c_raw)
+    # c = 1 / (1 + s), so ds = -c^2 dc. For large tokens c^2 ~ 1/|w|^4 underflows float32 from
+    # |w| ~ 1e10 on (ds itself ~ 1/|w|^3), so ds is never formed: e = c dc and the
+    # per-head-and-image scale kappa = max_i (1 + s_i) keep every factor in range.
+    e = c * dc  # (B, H, p), ~ n dy / |w|
+    kappa = (1.0 + cache["s"]).max(axis=2, keepdims=True)  # (B, H, 1)
+    ds_kappa = -(kappa * c) * e  # kappa ds; kappa c >= 1
+    # s = sum_j pi_bar_j w_j^2:  dpi_bar_j = sum_i w_ji^2 ds_i
+    dpi_bar = xp.einsum("bnhp,bhp->bnh", w_sq, ds_kappa) / kappa[:, None, :, 0]  # (B, n, H)
     # pi_bar = Pi / (sum_j Pi + eps)
     pi_sum = cache["pi_sum"]  # (B, 1, H)
     dpi += dpi_bar / pi_sum - (dpi_bar * pi).sum(axis=1, keepdims=True) / (pi_sum * pi_sum)
@@ -396,17 +403,21 @@ def tssa_backward(dout, cache):
     da = dz * cache["temp"][:, 0]  # (B, n, H)
     # a_j = sum_i w_ji^2 / denom_i^2, denom_i = max(||w_{.,i}||, floor)
     inv_d2, denom = cache["inv_denom_sq"], cache["denom"]
-    ddenom = -2.0 * xp.einsum("bnh,bnhp->bhp", da, w_sq) * inv_d2 / denom  # (B, H, p)
+    inv_denom = 1.0 / denom
+    ddenom = -2.0 * xp.einsum("bnh,bnhp->bhp", da, w_sq) * inv_d2 * inv_denom  # (B, H, p)
     # the clamp passes the gradient only where norm >= floor (torch.clamp_min); there norm > 0
-    dnorm = ddenom * (cache["col_norm"] >= TSSA_NORM_FLOOR) / denom  # d||w_i|| / dw = w / ||w_i||
-    # dw: the direct path -Pi c dY, plus w times a sum of outer products (token x coordinate)
-    # for the paths through s, through a and through the column norm:
-    #   dw = -Pi c dY + w * (2 Pi_bar ds + 2 da / denom^2 + dnorm)
-    dw = pi_bar[..., None] * (2.0 * ds)[:, None]  # (B, n, H, p)
-    xp.multiply(da[..., None], (2.0 * inv_d2)[:, None], out=tmp)
+    ddenom *= cache["col_norm"] >= TSSA_NORM_FLOOR  # d||w_i|| / dw = w / ||w_i||
+    # dw: the direct path -Pi c dY, the path through s, and the paths through a and through the
+    # column norm, w times a sum of outer products (token x coordinate):
+    #   dw = -Pi c dY + 2 Pi_bar ds w + (w / denom) (2 da / denom + ddenom),
+    # with 2 Pi_bar_j ds_i w_ji = 2 y_ji e_i / sum_j Pi (y = -Pi c w, the head outputs). Each
+    # product is taken in an order whose partial results stay inside float32's range.
+    xp.multiply(da[..., None], (2.0 * inv_denom)[:, None], out=tmp)
+    tmp += ddenom[:, None]
+    dw = tmp * w  # (B, n, H, p)
+    dw *= inv_denom[:, None]
+    xp.multiply(y, (2.0 * e)[:, None] / pi_sum[..., None], out=tmp)
     dw += tmp
-    dw += dnorm[:, None]
-    dw *= w
     xp.multiply(cache["neg_pi_c"], dy, out=tmp)
     dw += tmp
     dx, g_qkv = linear_backward(dw.reshape(B, n, H * p), cache["qkv"])
@@ -467,19 +478,25 @@ def causal_tssa_backward(dout, cache):
     B, H, T, p = w.shape
     dy_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, T, D)
     dy = dy_flat.reshape(B, T, H, p).transpose(0, 2, 1, 3)  # (B, H, T, p)
+    # For large tokens, ds = -c^2 dc and da / r are ~ 1/|w|^3 and underflow float32 from
+    # |w| ~ 1e10 on. So they are carried times kappa = max_{t,i} (1 + s_ti) per head and image
+    # (~ |w|^2), and the 1/kappa is applied after the product with w, when it is in range.
+    kappa = (1.0 + cache["s"]).max(axis=(2, 3), keepdims=True)  # (B, H, 1, 1)
+    inv_kappa = 1.0 / kappa
     # y = -Pi w c
     dy_c = dy * c
     dw = -(pi[..., None] * dy_c)
     dpi = -(w * dy_c).sum(axis=-1)  # (B, H, T)
-    ds = (c * c) * (pi_w * dy)  # dc = -Pi w dy and ds = -c^2 dc
+    ds_k = (pi_w * dy) * c  # kappa ds, with dc = -Pi w dy and ds = -c^2 dc
+    ds_k *= kappa * c
     # s = num / den
     den = cache["den"]
-    dnum = ds / den[..., None]
-    dden = -(dnum * cache["s"]).sum(axis=-1)  # (B, H, T)
+    dnum_k = ds_k / den[..., None]
+    dden = -(dnum_k * cache["s"]).sum(axis=-1) * inv_kappa[..., 0]  # (B, H, T)
     # num = cumsum(Pi w^2), den = cumsum(Pi) + eps
-    g_num = _reverse_cumsum(dnum, axis=2)  # (B, H, T, p)
-    dpi += (g_num * w_sq).sum(axis=-1) + _reverse_cumsum(dden, axis=2)
-    dw_sq = g_num * pi[..., None]
+    g_num_k = _reverse_cumsum(dnum_k, axis=2)  # (B, H, T, p), kappa d num-prefix
+    dpi += (g_num_k * w_sq).sum(axis=-1) * inv_kappa[..., 0] + _reverse_cumsum(dden, axis=2)
+    dw += 2.0 * (g_num_k * pi_w) * inv_kappa  # the w^2 in num: 2 Pi w g_num
     # Pi = softmax over heads of temp * a
     dz = _softmax_backward(dpi, pi, axis=1)  # (B, H, T)
     dtemp = (dz * cache["a"]).sum(axis=(0, 2))[:, None]  # (H, 1)
@@ -487,13 +504,13 @@ def causal_tssa_backward(dout, cache):
     ddenom_bias = xp.zeros((H, cache["block_size"], 1), dtype=dout.dtype)
     ddenom_bias[:, :T, 0] = p * da.sum(axis=0)
     # a = sum_i w^2 / r,  r = max(cumsum(w^2), floor)
-    r = cache["r"]
     da_e = da[..., None]  # (B, H, T, 1)
-    dw_sq += da_e / r
-    dr = -(da_e * cache["q"]) / r
-    dr *= cache["r_raw"] >= TSSA_NORM_FLOOR  # the clamp's gradient (torch.clamp_min)
-    dw_sq += _reverse_cumsum(dr, axis=2)
-    dw += 2.0 * dw_sq * w
+    k_over_r = kappa / cache["r"]
+    dw_sq_k = da_e * k_over_r  # kappa da / r
+    dr_k = -(da_e * cache["q"]) * k_over_r  # kappa dr
+    dr_k *= cache["r_raw"] >= TSSA_NORM_FLOOR  # the clamp's gradient (torch.clamp_min)
+    dw_sq_k += _reverse_cumsum(dr_k, axis=2)
+    dw += 2.0 * (dw_sq_k * w) * inv_kappa
     dw_flat = dw.transpose(0, 2, 1, 3).reshape(B, T, H * p)  # (B, T, D)
     dx, g_qkv = linear_backward(dw_flat, cache["qkv"])
     grads = {
