@@ -291,10 +291,10 @@ def cross_entropy(logits, targets, label_smoothing=0.0, ignore_index=None, as_ar
     return (loss if as_array else float(loss)), dz.reshape(logits.shape)
 
 
-# ---- TSSA (eq. 9-10 of the paper; ``AttentionTSSA`` of the public code) ----------------------
+# ---- TSSA (the paper's TSSA operator; ``AttentionTSSA`` of the public code) -------------------
 
 
-def tssa_forward(x, params, c_mask=None):
+def tssa_forward(x, params, g_mask=None):
     r"""Token Statistics Self-Attention, as the public ToST code computes it.
 
     x: (B, n, D). params: 'qkv.weight' (D, D), 'qkv.bias' (D,), 'temp' (H, 1),
@@ -302,10 +302,13 @@ def tssa_forward(x, params, c_mask=None):
 
         w       = x W_qkv + b_qkv, split into heads                       (B, H, n, p)
         w_hat   = w / max(||w_{.,i}||_2 over tokens, 1e-12)                 (column-normalized)
-        Pi_{hj} = softmax_h( temp_h sum_i w_hat_{hji}^2 )                    (eq. 10)  (B, H, n)
-        s_{hi}  = sum_j Pi_{hj} / (sum_j' Pi_{hj'} + 1e-8) w_{hji}^2         token statistics
-        y_{hji} = -Pi_{hj} w_{hji} / (1 + s_{hi})                            (eq. 9)
-        out     = merge_heads(y) W_out + b_out                               (B, n, D)
+        Pi_{hj} = softmax_h( temp_h sum_i w_hat_{hji}^2 )    (B, H, n)  (the code's "Eq. 10")
+        y_{hi}  = sum_j Pi_{hj} / (sum_j' Pi_{hj'} + 1e-8) w_{hji}^2      the token statistics
+        g_{hi}  = 1 / (1 + y_{hi})                                          the gains
+        v_{hji} = -Pi_{hj} g_{hi} w_{hji}                                   the head outputs
+        out     = merge_heads(v) W_out + b_out                               (B, n, D)
+
+    (Notation of ``notebooks/README.md``: the public code calls y ``dots`` and g ``attn``.)
 
     Layout, for speed (issue 7): w stays as the projection writes it, (B, n, D) viewed as
     (B, n, H, p), so splitting and merging the heads copies nothing; per-token quantities
@@ -314,8 +317,8 @@ def tssa_forward(x, params, c_mask=None):
     buffers. On CuPy arrays with ``whitebox.kernels.FUSED`` the part between the two
     projections runs as fused GPU kernels (``whitebox.kernels``) instead.
 
-    ``c_mask`` (B, H, p), optional: attention dropout as the public code applies it, on the
-    factor c = 1 / (1 + s) (``attn_drop(attn)``): c is replaced by c * c_mask, with c_mask the
+    ``g_mask`` (B, H, p), optional: attention dropout as the public code applies it, on the
+    factor g = 1 / (1 + y) (``attn_drop(attn)``): g is replaced by g * g_mask, with g_mask the
     dropout's keep mask divided by (1 - rate) (see :func:`dropout_mask`).
 
     Returns (out, cache); ``cache['pi']`` is Pi (B, H, n) and ``cache['a']`` the scores
@@ -325,15 +328,15 @@ def tssa_forward(x, params, c_mask=None):
     H = params["temp"].shape[0]
     p = D // H
     # the fused kernels between the two projections (they add the qkv bias: with one only)
-    fusable = "qkv.bias" in params and c_mask is None  # no dropout mask in the kernels
+    fusable = "qkv.bias" in params and g_mask is None  # no dropout mask in the kernels
     impl = kernels.fused_impl(x, H, tuple(params.values())) if fusable else None
     if impl is not None:
         W = params["qkv.weight"]
         w = (x.reshape(-1, D) @ W).reshape(B, n, D)  # (B, n, D); the kernels add the bias
-        y, core = kernels.tssa_core_forward(
+        v, core = kernels.tssa_core_forward(
             w, params["qkv.bias"], params["temp"], impl, TSSA_NORM_FLOOR, MEMBERSHIP_EPS
         )
-        out, proj_cache = linear_forward(y, _sub(params, "proj"))
+        out, proj_cache = linear_forward(v, _sub(params, "proj"))
         pi, a = core["pi_tok"].transpose(0, 2, 1), core["a_tok"].transpose(0, 2, 1)
         return out, dict(fused=impl, core=core, qkv=(x, W), proj=proj_cache, pi=pi, a=a)
     w, qkv_cache = linear_forward(x, _sub(params, "qkv"))  # (B, n, D)
@@ -346,19 +349,19 @@ def tssa_forward(x, params, c_mask=None):
     pi = _softmax(a * params["temp"][:, 0], axis=2)  # (B, n, H), softmax over heads
     pi_sum = pi.sum(axis=1, keepdims=True) + MEMBERSHIP_EPS  # (B, 1, H)
     pi_bar = pi / pi_sum  # (B, n, H)
-    s = xp.einsum("bnh,bnhp->bhp", pi_bar, w_sq4)  # (B, H, p): the token statistics
-    c = 1.0 / (1.0 + s)  # (B, H, p)
-    c_raw = c
-    if c_mask is not None:
-        c = c * c_mask  # attention dropout on the factor
-    neg_pi_c = pi[..., None] * -c[:, None]  # (B, n, H, p): -Pi_{hj} c_{hi}
-    y = neg_pi_c * w4  # (B, n, H, p), heads already merged in memory
-    out, proj_cache = linear_forward(y.reshape(B, n, D), _sub(params, "proj"))
+    y = xp.einsum("bnh,bnhp->bhp", pi_bar, w_sq4)  # (B, H, p): the token statistics
+    g = 1.0 / (1.0 + y)  # (B, H, p)
+    g_raw = g
+    if g_mask is not None:
+        g = g * g_mask  # attention dropout on the factor
+    neg_pi_g = pi[..., None] * -g[:, None]  # (B, n, H, p): -Pi_{hj} g_{hi}
+    v = neg_pi_g * w4  # (B, n, H, p), heads already merged in memory
+    out, proj_cache = linear_forward(v.reshape(B, n, D), _sub(params, "proj"))
     cache = dict(
         qkv=qkv_cache, proj=proj_cache, w=w4, w_sq=w_sq4, col_norm=col_norm, denom=denom,
         inv_denom_sq=inv_denom_sq, a=a.transpose(0, 2, 1), temp=params["temp"],
-        pi=pi.transpose(0, 2, 1), pi_sum=pi_sum, pi_bar=pi_bar, s=s, c=c, neg_pi_c=neg_pi_c,
-        c_raw=c_raw, c_mask=c_mask, y=y,
+        pi=pi.transpose(0, 2, 1), pi_sum=pi_sum, pi_bar=pi_bar, y=y, g=g, neg_pi_g=neg_pi_g,
+        g_raw=g_raw, g_mask=g_mask, v=v,
     )  # fmt: skip
     return out, cache
 
@@ -366,34 +369,34 @@ def tssa_forward(x, params, c_mask=None):
 def tssa_backward(dout, cache):
     """Backward of :func:`tssa_forward`. dout: (B, n, D). Returns (dx, grads)."""
     if "fused" in cache:
-        dy, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D)
-        dw, dtemp = kernels.tssa_core_backward(dy, cache["core"])
+        dv, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D)
+        dw, dtemp = kernels.tssa_core_backward(dv, cache["core"])
         dx, g_qkv = linear_backward(dw, cache["qkv"])
         return dx, {**_prefixed(g_qkv, "qkv"), "temp": dtemp, **_prefixed(g_proj, "proj")}
     xp = get_array_module(dout)
-    w, w_sq, c = cache["w"], cache["w_sq"], cache["c"]
+    w, w_sq, g = cache["w"], cache["w_sq"], cache["g"]
     pi = cache["pi"].transpose(0, 2, 1)  # (B, n, H)
     B, n, H, p = w.shape
-    dy_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D), a fresh array
-    dy = dy_flat.reshape(B, n, H, p)
+    dv_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, n, D), a fresh array
+    dv = dv_flat.reshape(B, n, H, p)
     # First the gradients of the small factors (per token and head, per coordinate), then dw.
-    # y = -Pi w c
-    tmp = w * dy  # (B, n, H, p); reused below as scratch
-    dpi = -xp.einsum("bnhp,bhp->bnh", tmp, c)  # (B, n, H)
-    dc = -xp.einsum("bnh,bnhp->bhp", pi, tmp)  # (B, H, p)
-    y = cache["y"]  # -Pi c w, the head outputs
-    if cache.get("c_mask") is not None:  # c = c_raw * mask
-        dc = dc * cache["c_mask"]
-        c = cache["c_raw"]
-        y = (pi[..., None] * -c[:, None]) * w  # -Pi c_raw w (the path through s sees c_raw)
-    # c = 1 / (1 + s), so ds = -c^2 dc. For large tokens c^2 ~ 1/|w|^4 underflows float32 from
-    # |w| ~ 1e10 on (ds itself ~ 1/|w|^3), so ds is never formed: e = c dc and the
+    # v = -Pi w g
+    tmp = w * dv  # (B, n, H, p); reused below as scratch
+    dpi = -xp.einsum("bnhp,bhp->bnh", tmp, g)  # (B, n, H)
+    dg = -xp.einsum("bnh,bnhp->bhp", pi, tmp)  # (B, H, p)
+    v = cache["v"]  # -Pi g w, the head outputs
+    if cache.get("g_mask") is not None:  # g = g_raw * mask
+        dg = dg * cache["g_mask"]
+        g = cache["g_raw"]
+        v = (pi[..., None] * -g[:, None]) * w  # -Pi g_raw w (the path through y sees g_raw)
+    # g = 1 / (1 + y), so dy = -g^2 dg. For large tokens g^2 ~ 1/|w|^4 underflows float32 from
+    # |w| ~ 1e10 on (dy itself ~ 1/|w|^3), so dy is never formed: e = g dg and the
     # per-head-and-image scale kappa = max_i (1 + s_i) keep every factor in range.
-    e = c * dc  # (B, H, p), ~ n dy / |w|
-    kappa = (1.0 + cache["s"]).max(axis=2, keepdims=True)  # (B, H, 1)
-    ds_kappa = -(kappa * c) * e  # kappa ds; kappa c >= 1
-    # s = sum_j pi_bar_j w_j^2:  dpi_bar_j = sum_i w_ji^2 ds_i
-    dpi_bar = xp.einsum("bnhp,bhp->bnh", w_sq, ds_kappa) / kappa[:, None, :, 0]  # (B, n, H)
+    e = g * dg  # (B, H, p), ~ n dv / |w|
+    kappa = (1.0 + cache["y"]).max(axis=2, keepdims=True)  # (B, H, 1)
+    dy_kappa = -(kappa * g) * e  # kappa dy; kappa g >= 1
+    # y = sum_j pi_bar_j w_j^2:  dpi_bar_j = sum_i w_ji^2 dy_i
+    dpi_bar = xp.einsum("bnhp,bhp->bnh", w_sq, dy_kappa) / kappa[:, None, :, 0]  # (B, n, H)
     # pi_bar = Pi / (sum_j Pi + eps)
     pi_sum = cache["pi_sum"]  # (B, 1, H)
     dpi += dpi_bar / pi_sum - (dpi_bar * pi).sum(axis=1, keepdims=True) / (pi_sum * pi_sum)
@@ -407,18 +410,18 @@ def tssa_backward(dout, cache):
     ddenom = -2.0 * xp.einsum("bnh,bnhp->bhp", da, w_sq) * inv_d2 * inv_denom  # (B, H, p)
     # the clamp passes the gradient only where norm >= floor (torch.clamp_min); there norm > 0
     ddenom *= cache["col_norm"] >= TSSA_NORM_FLOOR  # d||w_i|| / dw = w / ||w_i||
-    # dw: the direct path -Pi c dY, the path through s, and the paths through a and through the
+    # dw: the direct path -Pi g dY, the path through y, and the paths through a and through the
     # column norm, w times a sum of outer products (token x coordinate):
-    #   dw = -Pi c dY + 2 Pi_bar ds w + (w / denom) (2 da / denom + ddenom),
-    # with 2 Pi_bar_j ds_i w_ji = 2 y_ji e_i / sum_j Pi (y = -Pi c w, the head outputs). Each
+    #   dw = -Pi g dY + 2 Pi_bar dy w + (w / denom) (2 da / denom + ddenom),
+    # with 2 Pi_bar_j dy_i w_ji = 2 v_ji e_i / sum_j Pi (v = -Pi g w, the head outputs). Each
     # product is taken in an order whose partial results stay inside float32's range.
     xp.multiply(da[..., None], (2.0 * inv_denom)[:, None], out=tmp)
     tmp += ddenom[:, None]
     dw = tmp * w  # (B, n, H, p)
     dw *= inv_denom[:, None]
-    xp.multiply(y, (2.0 * e)[:, None] / pi_sum[..., None], out=tmp)
+    xp.multiply(v, (2.0 * e)[:, None] / pi_sum[..., None], out=tmp)
     dw += tmp
-    xp.multiply(cache["neg_pi_c"], dy, out=tmp)
+    xp.multiply(cache["neg_pi_g"], dv, out=tmp)
     dw += tmp
     dx, g_qkv = linear_backward(dw.reshape(B, n, H * p), cache["qkv"])
     grads = {**_prefixed(g_qkv, "qkv"), "temp": dtemp, **_prefixed(g_proj, "proj")}
@@ -438,8 +441,9 @@ def causal_tssa_forward(x, params):
         r_{hti}    = max(sum_{u<=t} w_{hui}^2, 1e-12)
         score_{ht} = temp_h sum_i (w_{hti}^2 / r_{hti} + beta_{ht})        beta = denom_bias[:, :T]
         Pi_{ht}    = softmax_h(score_{ht})                                  (B, H, T)
-        s_{hti}    = sum_{u<=t} Pi_{hu} w_{hui}^2 / (sum_{u<=t} Pi_{hu} + 1e-8)
-        y_{hti}    = -Pi_{ht} w_{hti} / (1 + s_{hti});  out = merge(y) W_out + b_out
+        y_{hti}    = sum_{u<=t} Pi_{hu} w_{hui}^2 / (sum_{u<=t} Pi_{hu} + 1e-8)   statistics
+        g_{hti}    = 1 / (1 + y_{hti});  v_{hti} = -Pi_{ht} g_{hti} w_{hti}
+        out        = merge(v) W_out + b_out
 
     Returns (out, cache); ``cache['pi']`` is Pi (B, H, T)."""
     xp = get_array_module(x)
@@ -457,16 +461,16 @@ def causal_tssa_forward(x, params):
     pi = _softmax(params["temp"] * a, axis=1)  # (B, H, T)
     num = xp.cumsum(pi[..., None] * w_sq, axis=2)  # (B, H, T, p)
     den = xp.cumsum(pi, axis=2) + MEMBERSHIP_EPS  # (B, H, T)
-    s = num / den[..., None]
-    c = 1.0 / (1.0 + s)
+    y = num / den[..., None]
+    g = 1.0 / (1.0 + y)
     pi_w = pi[..., None] * w
-    y = -(pi_w * c)
-    y_flat = y.transpose(0, 2, 1, 3).reshape(B, T, D)  # (B, T, D)
-    out, proj_cache = linear_forward(y_flat, _sub(params, "proj"))
+    v = -(pi_w * g)
+    v_flat = v.transpose(0, 2, 1, 3).reshape(B, T, D)  # (B, T, D)
+    out, proj_cache = linear_forward(v_flat, _sub(params, "proj"))
     cache = dict(
         qkv=qkv_cache, proj=proj_cache, w=w, w_sq=w_sq, r_raw=r_raw, r=r, q=q, a=a,
-        temp=params["temp"], block_size=params["denom_bias"].shape[1], pi=pi, den=den, s=s,
-        c=c, pi_w=pi_w,
+        temp=params["temp"], block_size=params["denom_bias"].shape[1], pi=pi, den=den, y=y,
+        g=g, pi_w=pi_w,
     )  # fmt: skip
     return out, cache
 
@@ -474,25 +478,25 @@ def causal_tssa_forward(x, params):
 def causal_tssa_backward(dout, cache):
     """Backward of :func:`causal_tssa_forward`. dout: (B, T, D). Returns (dx, grads)."""
     xp = get_array_module(dout)
-    w, w_sq, c, pi, pi_w = cache["w"], cache["w_sq"], cache["c"], cache["pi"], cache["pi_w"]
+    w, w_sq, g, pi, pi_w = cache["w"], cache["w_sq"], cache["g"], cache["pi"], cache["pi_w"]
     B, H, T, p = w.shape
-    dy_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, T, D)
-    dy = dy_flat.reshape(B, T, H, p).transpose(0, 2, 1, 3)  # (B, H, T, p)
-    # For large tokens, ds = -c^2 dc and da / r are ~ 1/|w|^3 and underflow float32 from
+    dv_flat, g_proj = linear_backward(dout, cache["proj"])  # (B, T, D)
+    dv = dv_flat.reshape(B, T, H, p).transpose(0, 2, 1, 3)  # (B, H, T, p)
+    # For large tokens, dy = -g^2 dg and da / r are ~ 1/|w|^3 and underflow float32 from
     # |w| ~ 1e10 on. So they are carried times kappa = max_{t,i} (1 + s_ti) per head and image
     # (~ |w|^2), and the 1/kappa is applied after the product with w, when it is in range.
-    kappa = (1.0 + cache["s"]).max(axis=(2, 3), keepdims=True)  # (B, H, 1, 1)
+    kappa = (1.0 + cache["y"]).max(axis=(2, 3), keepdims=True)  # (B, H, 1, 1)
     inv_kappa = 1.0 / kappa
-    # y = -Pi w c
-    dy_c = dy * c
-    dw = -(pi[..., None] * dy_c)
-    dpi = -(w * dy_c).sum(axis=-1)  # (B, H, T)
-    ds_k = (pi_w * dy) * c  # kappa ds, with dc = -Pi w dy and ds = -c^2 dc
-    ds_k *= kappa * c
-    # s = num / den
+    # v = -Pi w g
+    dv_g = dv * g
+    dw = -(pi[..., None] * dv_g)
+    dpi = -(w * dv_g).sum(axis=-1)  # (B, H, T)
+    dy_k = (pi_w * dv) * g  # kappa dy, with dg = -Pi w dv and dy = -g^2 dg
+    dy_k *= kappa * g
+    # y = num / den
     den = cache["den"]
-    dnum_k = ds_k / den[..., None]
-    dden = -(dnum_k * cache["s"]).sum(axis=-1) * inv_kappa[..., 0]  # (B, H, T)
+    dnum_k = dy_k / den[..., None]
+    dden = -(dnum_k * cache["y"]).sum(axis=-1) * inv_kappa[..., 0]  # (B, H, T)
     # num = cumsum(Pi w^2), den = cumsum(Pi) + eps
     g_num_k = _reverse_cumsum(dnum_k, axis=2)  # (B, H, T, p), kappa d num-prefix
     dpi += (g_num_k * w_sq).sum(axis=-1) * inv_kappa[..., 0] + _reverse_cumsum(dden, axis=2)
@@ -1067,7 +1071,7 @@ class TSSA(Module):
         self.attn_drop, self.training, self._drop_rng = 0.0, True, np.random.default_rng(0)
 
     def set_attn_drop(self, rate, seed=0):
-        """Attention dropout on the factor 1 / (1 + s) (the public ``attn_drop``), active only
+        """Attention dropout on the gains g = 1 / (1 + y) (the public ``attn_drop``), active only
         while ``training``; masks (B, H, p) from ``np.random.default_rng(seed)``."""
         dropout_mask(self._drop_rng, (), rate)  # validates rate
         self.attn_drop, self._drop_rng = rate, np.random.default_rng(seed)
@@ -1196,8 +1200,8 @@ class Block(Module):
     (``module.train()`` / ``module.eval()``), each seeded from ``drop_seed`` so that a run is
     reproducible: ``drop`` is dropout on each branch's output (the public ``proj_drop`` and the
     MLP's dropout), ``drop_path`` is stochastic depth on each residual branch (timm's DropPath:
-    x <- x + DropPath(gamma * branch)), ``attn_drop`` is TSSA's dropout on the factor
-    1 / (1 + s) (``TSSA.set_attn_drop``; TSSA only)."""
+    x <- x + DropPath(gamma * branch)), ``attn_drop`` is TSSA's dropout on the
+    gains g = 1 / (1 + y) (``TSSA.set_attn_drop``; TSSA only)."""
 
     def __init__(
         self, dim, num_heads, attention="tssa", causal=False, block_size=None, mlp_ratio=4,
