@@ -732,23 +732,15 @@ class Module:
     ``gradients()`` maps the same names to the gradients filled by ``backward``.
     Subclasses set ``decay``: the local parameter names that get weight decay.
 
-    **The validation policy**, the same for every module (applied to each subclass's
-    ``forward`` and ``backward`` by ``__init_subclass__``, at the outermost call only, so that
-    a model checks its input once and not once per layer):
-
-    * ``forward(x)``: ``x`` must be a real floating-point NumPy / CuPy array on the module's
-      device (complex, integer, bool and object arrays, lists and scalars get a ValueError
-      naming ``x``); it is cast to the module's dtype, and a value that overflows that dtype
-      is refused, as is NaN or Inf; the output is in the module's dtype. A finite input whose
-      output is not finite (the layer overflowed in its precision) is refused too. Modules that
-      take token ids (``input_kind = 'index'``) need integer arrays instead.
-    * ``backward(dy)``: ``dy`` must have exactly the shape of the last output and be finite
-      (cast to the output's dtype); backward before any forward raises
-      :class:`BackwardBeforeForwardError`.
-
-    The value checks (finiteness) cost one pass over the input and one over the output; they
-    follow :data:`CHECK_INPUTS`, which the training loop turns off for its steps (it checks
-    each batch on the host instead). Type, dtype, device and shape checks are always on."""
+    **The validation policy**, one for every module (``__init_subclass__`` wraps each
+    ``forward`` / ``backward``; the checks run at the outermost call only, once per model):
+    ``x`` must be a real floating-point array on the module's device (else a ValueError naming
+    ``x``; ``input_kind = 'index'`` modules take integer ids), it is cast to the module's dtype
+    with overflow refused, NaN / Inf are refused, and the output is in the module's dtype; a
+    finite input that overflows inside the layer is refused too. ``dy`` must have exactly the
+    last output's shape and be finite; backward before forward raises
+    :class:`BackwardBeforeForwardError`. The value checks (one pass over the input, one over
+    the output) follow :data:`CHECK_INPUTS`; type, dtype, device and shape checks always run."""
 
     decay: tuple[str, ...] = ()
     input_kind = "float"
