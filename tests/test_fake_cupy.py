@@ -278,3 +278,17 @@ def test_gpu_benchmark_plumbing(cp, monkeypatch):
     assert r["digits_training"]["gpu"]["seconds_per_step"] > 0
     assert r["text_training"]["cpu"]["seconds_per_step"] > 0
     assert kernels.FUSED and kernels.DETERMINISTIC  # restored
+
+
+@pytest.mark.parametrize("V, N", [(7, 50), (3000, 30000)])  # the second runs in several chunks
+def test_embedding_backward_on_the_device_is_a_product_not_atomics(V, N, cp):
+    """No scatter-add (float atomics: last bits vary between runs) on the GPU: a one-hot
+    product, in chunks, equal to NumPy's position-order sum; ids that never occur get 0."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, V // 2 + 1, size=(1, N))  # the upper half of the vocabulary unused
+    dy = rng.standard_normal((1, N, 4))
+    _, ref = nn.embedding_backward(dy, (idx, (V, 4)))
+    _, got = nn.embedding_backward(cp.asarray(dy), (cp.asarray(idx), (V, 4)))
+    assert isinstance(got["weight"], cp.ndarray)
+    np.testing.assert_allclose(cp.asnumpy(got["weight"]), ref["weight"], rtol=1e-12, atol=1e-12)
+    assert (ref["weight"][V // 2 + 1 :] == 0).all()

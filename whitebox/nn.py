@@ -224,12 +224,25 @@ def embedding_forward(idx, params):
 
 
 def embedding_backward(dy, cache):
-    """dW[v] = sum of dy over the positions where idx == v (scatter-add). No input gradient."""
+    """dW[v] = sum of dy over the positions where idx == v. No input gradient.
+
+    NumPy adds in position order (``add.at``). CuPy's scatter-add uses float atomics, whose
+    order (and so last bits) changes from run to run; on the GPU dW = onehot(idx)^T dy is a
+    matrix product instead, in chunks of at most 2^26 one-hot entries: the same bits every run."""
     idx, shape = cache
     xp = get_array_module(dy)
-    dW = xp.zeros(shape, dtype=dy.dtype)
-    xp.add.at(dW, idx.reshape(-1), dy.reshape(-1, shape[1]))
-    return None, {"weight": dW}
+    V, D = shape
+    ids, rows = idx.reshape(-1), dy.reshape(-1, D)
+    if xp is np:
+        dW = np.zeros(shape, dtype=dy.dtype)
+        np.add.at(dW, ids, rows)
+        return None, {"weight": dW}
+    dW, step, vocab = None, max(1, 2**26 // V), xp.arange(V)
+    for start in range(0, ids.size, step):
+        onehot = (ids[start : start + step, None] == vocab[None, :]).astype(dy.dtype)
+        part = onehot.T @ rows[start : start + step]
+        dW = part if dW is None else dW + part
+    return None, {"weight": dW if dW is not None else xp.zeros(shape, dtype=dy.dtype)}
 
 
 def cross_entropy(logits, targets, label_smoothing=0.0, ignore_index=None, as_array=False):
