@@ -194,8 +194,14 @@ def gelu_backward(dy, cache):
     """dy/dx = Phi(x) + x phi(x), phi the standard normal density. No parameters."""
     xp = get_array_module(dy)
     x, cdf = cache
-    pdf = xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-    return dy * (cdf + x * pdf), {}
+    g = x * x  # one fresh array, finished in place: dy (cdf + x pdf), rounded as written
+    g *= -0.5
+    xp.exp(g, out=g)
+    g *= 1.0 / math.sqrt(2.0 * math.pi)  # pdf
+    g *= x
+    g += cdf
+    g *= dy
+    return g, {}
 
 
 def dropout_mask(rng, shape, rate, dtype=np.float64):
