@@ -24,10 +24,6 @@ DOCS = [
     ROOT / "README.md",
 ]
 
-# Files that another branch creates (the split of chapter 4); their links are checked once they
-# exist. Empty this set once the branches are merged.
-PENDING = {ROOT / "notebooks" / "05_linear_cost.ipynb"}
-
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 MODULES = "mcr2|nn|models|vision|interop|analysis|bench|demo|train|gradcheck|data|checkpoint"
 NAME = re.compile(rf"`(?:whitebox\.)?({MODULES})\.(?!py\b)([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?")
@@ -70,8 +66,6 @@ def _links(doc: Path):
 def test_every_relative_link_resolves(doc):
     bad = []
     for target, path, anchor in _links(doc):
-        if path in PENDING and not path.exists():
-            continue
         if not path.exists():
             bad.append(f"{target}: no such file")
         elif (
@@ -133,8 +127,6 @@ def test_every_section_the_map_names_is_a_heading_of_its_chapter():
     stale = []
     for nb, heading in pairs:
         path = (NB_README.parent / nb).resolve()
-        if path in PENDING and not path.exists():
-            continue
         if heading not in _nb_headings(path):
             stale.append(f"{nb} § {heading!r}")
     assert not stale, "the map names sections its chapters do not have: " + "; ".join(stale)
@@ -147,13 +139,6 @@ def test_every_notebook_is_in_the_chapter_table():
     assert on_disk <= listed, (
         f"not in notebooks/README.md's chapter table: {sorted(on_disk - listed)}"
     )
-
-
-def test_the_split_chapter_exists():
-    """05_linear_cost.ipynb comes from the split of chapter 4 (another branch)."""
-    missing = sorted(p.name for p in PENDING if not p.exists())
-    if missing:
-        pytest.skip(f"not created yet on this branch: {missing}; empty PENDING after the merge")
 
 
 def test_checker_catches_a_stale_name_and_heading(tmp_path):

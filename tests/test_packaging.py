@@ -200,5 +200,5 @@ def test_make_lab_opens_the_repository_root_on_the_notebooks_index(have_make):
 def test_the_core_stays_small_enough_to_read_in_an_afternoon():
     core = ["backend.py", "mcr2.py", "data.py", "nn.py", "models.py"]
     lines = sum(len((ROOT / "whitebox" / f).read_text().splitlines()) for f in core)
-    assert lines < 2500, f"the core has grown to {lines} lines; update the README's promise"
-    assert "under 2,500 lines" in (ROOT / "README.md").read_text()
+    assert lines < 2600, f"the core has grown to {lines} lines; update the README's promise"
+    assert "under 2,600 lines" in (ROOT / "README.md").read_text()
