@@ -288,8 +288,9 @@ def variational_compression_rate(Z, Pi, U, eps):
     of a PSD matrix's eigenvalues is at most the same function of its diagonal in any
     orthonormal basis), with equality when U_k diagonalizes Z diag(pi_k) Z^T. The bound needs
     the orthonormality: scaling U_k by a scales y_k by a^2, so without it the value can be
-    made as small or as large as one likes. For p < d (orthonormal columns) it bounds the rate
-    of the projected tokens U_k^T z_j instead, and can fall below or above the exact rate.
+    made as small or as large as one likes. For any U (orthonormal or not, any p) it bounds
+    from above the coding rate of the projected tokens U_k^T z_j at the same scale; for p < d
+    that rate ignores the spread outside span(U_k), so the value can fall below the exact R_c.
     ``Z``: (d, n), ``Pi``: (n, K), ``U``: (K, d, p), ``eps`` > 0.
     """
     xp, Z, Pi, U, eps = _checked_all(Z, Pi, U, eps)
