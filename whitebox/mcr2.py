@@ -194,8 +194,8 @@ def _scalar(x):
 def coding_rate(Z, eps):
     r"""Coding rate of the tokens: R(Z) = 1/2 logdet(I_d + d/(n eps^2) Z Z^T).
 
-    The number of nats needed to code the n columns of ``Z`` up to precision ``eps`` (paper
-    eq. (1); Ma et al. 2007). ``Z``: (d, n); ``eps`` > 0 is epsilon (not epsilon squared).
+    The number of nats needed to code the n columns of ``Z`` up to precision ``eps`` (the
+    paper's coding rate; Ma et al. 2007). ``Z``: (d, n); ``eps`` > 0 is epsilon (not epsilon squared).
     Returns a scalar in the dtype of ``Z``.
     """
     xp, Z = _check_Z(Z)
@@ -233,8 +233,8 @@ def compression_rate(Z, Pi, eps):
 
 
 def rate_reduction(Z, Pi, eps):
-    r"""The MCR² objective DeltaR(Z | Pi) = R(Z) - R_c(Z | Pi) (paper eq. (2)): expand the whole,
-    compress the parts. ``Z``: (d, n), ``Pi``: (n, K), ``eps`` > 0."""
+    r"""The MCR² objective DeltaR(Z | Pi) = R(Z) - R_c(Z | Pi) (the paper's rate reduction): expand
+    the whole, compress the parts. ``Z``: (d, n), ``Pi``: (n, K), ``eps`` > 0."""
     xp, Z = _check_Z(Z)
     Z64 = Z.astype(xp.float64)  # subtract in float64, round once to the input dtype
     diff = coding_rate(Z64, eps) - compression_rate(Z64, Pi, eps)
@@ -286,7 +286,11 @@ def variational_compression_rate(Z, Pi, U, eps):
 
     For p = d and orthogonal U_k it bounds ``compression_rate`` from above (a concave function
     of a PSD matrix's eigenvalues is at most the same function of its diagonal in any
-    orthonormal basis), with equality when U_k diagonalizes Z diag(pi_k) Z^T.
+    orthonormal basis), with equality when U_k diagonalizes Z diag(pi_k) Z^T. The bound needs
+    the orthonormality: scaling U_k by a scales y_k by a^2, so without it the value can be
+    made as small or as large as one likes. For any U (orthonormal or not, any p) it bounds
+    from above the coding rate of the projected tokens U_k^T z_j at the same scale; for p < d
+    that rate ignores the spread outside span(U_k), so the value can fall below the exact R_c.
     ``Z``: (d, n), ``Pi``: (n, K), ``U``: (K, d, p), ``eps`` > 0.
     """
     xp, Z, Pi, U, eps = _checked_all(Z, Pi, U, eps)
@@ -330,7 +334,9 @@ def tssa_step(Z, Pi, U, eps, tau):
 
         Z_+ = Z - tau * grad_Z R_c^var(Z, Pi | U),
 
-    the unrolled step that *is* Token Statistics Self-Attention (paper eq. (8)/(9)).
+    the unrolled step that *is* Token Statistics Self-Attention (the paper's TSSA operator).
+    For fixed Pi, orthonormal columns in each U_k and rows of Pi summing to at most 1, any
+    0 <= tau <= 2 n eps^2 / d does not increase R_c^var (chapter 3 derives why).
     ``tau`` is the step size (finite, >= 0)."""
     try:
         t = float(tau)
