@@ -300,7 +300,7 @@ def test_checker_references_equal_the_library():
     from whitebox import nn
     from whitebox.gradcheck import rel_error
 
-    for case in ec._tssa_cases(501):
+    for case in ec.tssa_layer._tssa_cases(501):
         x, params = case.args["x"], case.args["params"]
         out, cache = nn.tssa_forward(x, params)
         ref = ec.tssa_reference(x, params)
@@ -310,7 +310,7 @@ def test_checker_references_equal_the_library():
         dx_ref, grads_ref = ec.tssa_backward_reference(dout, ref)
         assert rel_error(dx, dx_ref) < 1e-10
         assert all(rel_error(grads[k], grads_ref[k]) < 1e-10 for k in ec.GRAD_KEYS)
-    for case in ec._causal_cases(701):
+    for case in ec.causal._causal_cases(701):
         x, params = case.args["x"], case.args["params"]
         out, cache = nn.causal_tssa_forward(x, params)
         ref = ec.causal_tssa_reference(x, params)
@@ -362,7 +362,9 @@ def test_every_slip_differs_from_the_right_answer(name):
                 continue  # e.g. a transposed U that does not fit a p < d case
             right = spec.reference(case)
             differs |= any(
-                not ec._compare(right[q], wrong[q], spec.tol, spec.floor, spec.relative_floor)[0]
+                not ec.core.compare(right[q], wrong[q], spec.tol, spec.floor, spec.relative_floor)[
+                    0
+                ]
                 for q in wrong
             )
         assert differs, f"{name}: the slip {slip.name!r} is indistinguishable from the answer"
