@@ -6,8 +6,21 @@ import copy
 
 import numpy as np
 
-from .core import FLOOR, Case, CheckResult, Slip, Spec, compare, run_check, show_err, softmax
-from .tssa_layer import _DETECT, _forward_spec_parts
+from .core import FLOOR, Case, CheckResult, Slip, Spec, compare, run_check, show_err
+from .tssa_layer import (
+    _DETECT,
+    MEMBERSHIP_SLIPS,
+    _forward_spec_parts,
+    _large_scores_case,
+    _membership_softmax,
+)
+
+
+def _exclusive_cumsum(a):
+    """Σ over the tokens strictly before t (axis 2): the running sum shifted by one token."""
+    out = np.zeros_like(a)
+    out[:, :, 1:] = np.cumsum(a, axis=2)[:, :, :-1]
+    return out
 
 
 def causal_tssa_reference(x, params, slip=None):
@@ -17,28 +30,41 @@ def causal_tssa_reference(x, params, slip=None):
     B, T, D = x.shape
     H = temp.shape[0]
     p = D // H
-    w = (x @ W + b).reshape(B, T, H, p).transpose(0, 2, 1, 3)  # (B, H, T, p)
+    w = x @ W if slip == "no_qkv_bias" else x @ W + b  # (B, T, D)
+    w = w.reshape(B, T, H, p).transpose(0, 2, 1, 3)  # (B, H, T, p)
     w_sq = w * w
     if slip == "r_sum":
         r_raw = np.broadcast_to(w_sq.sum(axis=2, keepdims=True), w_sq.shape)
     elif slip == "cumsum_features":
         r_raw = np.cumsum(w_sq, axis=3)
+    elif slip == "r_exclusive":
+        r_raw = _exclusive_cumsum(w_sq)
     else:
         r_raw = np.cumsum(w_sq, axis=2)  # (B, H, T, p)
     r = r_raw if slip == "no_clamp" else np.maximum(r_raw, 1e-12)
     q = w_sq / (np.sqrt(r) if slip == "sqrt_r" else r)
     beta = params["denom_bias"][:, :T, 0]  # (H, T)
-    a = q.sum(axis=3) + (1 if slip == "beta_once" else p) * beta  # (B, H, T)
-    pi = softmax(temp * a, axis=2 if slip == "softmax_tokens" else 1)
+    a = q.sum(axis=3) + {"beta_once": 1, "no_beta": 0}.get(slip, p) * beta  # (B, H, T)
+    if slip == "scores_mean":
+        a = a / p  # the slip: a mean over the p features
+    z = a / temp if slip == "temp_divides" else temp * a  # (B, H, T)
+    pi = _membership_softmax(z, slip, head_axis=1, token_axis=2)  # (B, H, T)
     if slip == "s_sum":
         num = np.broadcast_to((pi[..., None] * w_sq).sum(axis=2, keepdims=True), w_sq.shape)
         den = np.broadcast_to(pi.sum(axis=2, keepdims=True), pi.shape) + 1e-8
+    elif slip == "s_exclusive":
+        num = _exclusive_cumsum(pi[..., None] * w_sq)
+        den = _exclusive_cumsum(pi[..., None])[..., 0] + 1e-8
+    elif slip == "s_over_t":
+        num = np.cumsum(pi[..., None] * w_sq, axis=2)
+        den = np.broadcast_to(np.arange(1.0, T + 1), pi.shape)  # the slip: t + 1 tokens
     else:
         num = np.cumsum(pi[..., None] * w_sq, axis=2)
         den = np.cumsum(pi, axis=2) + (0.0 if slip == "no_eps" else 1e-8)
     s = num / den[..., None]  # (B, H, T, p)
     y = -pi[..., None] * w / (1.0 + s)
-    out = y.transpose(0, 2, 1, 3).reshape(B, T, D) @ params["proj.weight"] + params["proj.bias"]
+    out = y.transpose(0, 2, 1, 3).reshape(B, T, D) @ params["proj.weight"]
+    out = out if slip == "no_proj_bias" else out + params["proj.bias"]  # (B, T, D)
     return {"w": w, "pi": pi, "s": s, "y": y, "out": out}
 
 
@@ -58,6 +84,19 @@ CAUSAL_SLIPS = {
     "softmax_tokens": ("the softmax over the wrong axis (tokens instead of heads)",
                        "Π_ht = softmax over the heads h (axis 1)."),
     "no_eps": ("a forgotten 1e-8", "s_t = cumsum_t(Π w²) / (cumsum_t(Π) + 1e-8)."),
+    "s_exclusive": ("an exclusive prefix in the statistics s (the cumulative sum shifted by "
+                    "one token)", "s_t = Σ_{t' ≤ t} Π w² / (Σ_{t' ≤ t} Π + 1e-8) includes "
+                    "token t itself: np.cumsum(..., axis=2) as it is, not shifted to the "
+                    "tokens before t."),
+    "r_exclusive": ("an exclusive prefix in the normalizer r (the cumulative sum shifted by "
+                    "one token)", "r_t = max(Σ_{t' ≤ t} w², 1e-12) includes token t itself, "
+                    "so w_t²/r_t ≤ 1: np.cumsum(w², axis=2) as it is, not shifted."),
+    "s_over_t": ("the token count t + 1 instead of Σ_{t' ≤ t} Π in the statistics", "s_t is "
+                 "a weighted mean: divide by the running weight cumsum_t(Π) + 1e-8, not by "
+                 "the number of tokens so far."),
+    "no_beta": ("the bias β (denom_bias) is missing", "score_ht = temp_h (Σ_i w²/r + p "
+                "β_ht) with β = denom_bias[:, :T, 0]."),
+    **MEMBERSHIP_SLIPS,
 }  # fmt: skip
 
 
@@ -126,7 +165,7 @@ def _causal_spec() -> Spec:
 
     return Spec(
         "causal_tssa_forward", "causal_tssa_forward(x, params) -> (out, cache)",
-        "whitebox.nn.causal_tssa_forward", lambda: _causal_cases(701), ref, extract=extract,
+        "whitebox.nn.causal_tssa_forward", lambda: _causal_cases(701) + [_large_scores_case(702, causal=True)], ref, extract=extract,
         extra=extra,
         slips=[
             Slip(name, hint, slip(k), detect=_DETECT.get(k)) for k, (name, hint) in CAUSAL_SLIPS.items()

@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
 from .core import Case, CheckResult, Slip, Spec, _where_raised, run_check
 
+#: How long the checker's test function sleeps, call after call (cycling): the best, the
+#: median, the mean, the total and the slowest call all differ by a factor 1.6 or more.
+TIME_CALL_SLEEPS = (0.030, 0.005, 0.012, 0.060, 0.008)
+
+#: What a timer may return instead of the best time: (slip name, hint), by statistic.
+TIME_CALL_SLIPS = {
+    "median": ("the median instead of the best time", "return the smallest of the repeated "
+               "measurements (min), the least disturbed one, not the median."),
+    "mean": ("the mean instead of the best time", "return the smallest of the repeated "
+             "measurements (min), not their mean: the mean includes every disturbance."),
+    "total": ("the total instead of the best time", "return the best single call (the minimum "
+              "over the repeats), the least disturbed measurement, not the sum."),
+    "max": ("the slowest call instead of the best", "min, not max: the smallest time is the "
+            "least disturbed one."),
+    "last": ("the last call's time instead of the best", "keep the smallest time over the "
+             "loop (best = min(best, t)) instead of overwriting it at every repeat."),
+}  # fmt: skip
+
 
 def check_time_call(time_call) -> CheckResult:
     """Check ``time_call(f, repeats)`` -> the best (smallest) wall time of one call of ``f``, in
-    seconds (exercise 08). Uses a function that sleeps 5 ms and counts its calls."""
+    seconds (exercise 08). Uses a function whose calls sleep for different times
+    (``TIME_CALL_SLEEPS``) and measures each call itself, so that the best time can be told
+    apart from the median, the mean, the total, the slowest and the last call."""
     name = "time_call"
-    lines = ["Checking time_call(f, repeats) on a function that sleeps 5 ms, with repeats=5."]
-    calls = []
-    sleep = 0.005
+    ms = ", ".join(f"{1e3 * t:g}" for t in TIME_CALL_SLEEPS)
+    lines = [f"Checking time_call(f, repeats) with repeats=5 on a function whose calls sleep "
+             f"{ms} ms in turn."]  # fmt: skip
+    durations: list[float] = []
 
     def f():
-        calls.append(1)
-        time.sleep(sleep)
+        start = time.perf_counter()
+        time.sleep(TIME_CALL_SLEEPS[len(durations) % len(TIME_CALL_SLEEPS)])
+        durations.append(time.perf_counter() - start)
 
     def finish(status, **kw):
         r = CheckResult(name, status, **kw)
@@ -46,31 +69,44 @@ def check_time_call(time_call) -> CheckResult:
     except (TypeError, ValueError):
         lines.append(f"✗ {name} should return a number of seconds, got {type(t).__name__}.")
         return finish("wrong", quantity="time")
-    n = len(calls)
+    n = len(durations)
     if n < 5:
         lines.append(f"✗ f was called {n} times: call it `repeats` = 5 times (or more).")
         return finish("wrong", quantity="calls")
-    if t < sleep * 0.99:
-        lines.append(
-            f"✗ the time ({t:.3g} s) is shorter than the 5 ms that f sleeps: is the call to f "
-            "between the two readings of time.perf_counter()?"
-        )
+    d = np.array(durations)
+    candidates = {"best": d.min(), "median": float(np.median(d)), "mean": d.mean(),
+                  "total": d.sum(), "max": d.max(), "last": d[-1]}  # fmt: skip
+    if not (math.isfinite(t) and t > 0):
+        lines.append(f"✗ the time should be a positive number of seconds, got {t!r}.")
         return finish("wrong", quantity="time")
-    if t > 100 * n * sleep:
+    in_ms = any(abs(math.log(t / (1e3 * c))) < 0.25 for c in candidates.values())
+    if in_ms or t > 100 * d.sum():
         lines.append(
-            f"✗ the time ({t:.3g}) is far too long for 5 calls of 5 ms.\n  Likely slip: "
-            "milliseconds instead of seconds. Return seconds, as time.perf_counter() gives them."
+            f"✗ the time ({t:.3g}) is far too long for {n} calls that took {d.sum():.3g} s in "
+            "all.\n  Likely slip: milliseconds instead of seconds. Return seconds, as "
+            "time.perf_counter() gives them."
         )
         return finish("wrong", quantity="time", slips=["milliseconds instead of seconds"])
-    if t >= 0.8 * n * sleep:
+    if t < 0.99 * d.min():
         lines.append(
-            "✗ the time is about the total of all the calls.\n  Likely slip: the total instead "
-            "of the best time. Return the best single call (the minimum over the repeats), the "
-            "least disturbed measurement."
+            f"✗ the time is shorter than the shortest call of f ({1e3 * TIME_CALL_SLEEPS[1]:g} "
+            "ms of sleep): is the call to f between the two readings of time.perf_counter()?"
         )
-        return finish("wrong", quantity="time", slips=["the total instead of the best time"])
-    lines.append(f"✓ {name} is correct.")
-    return finish("passed")
+        return finish("wrong", quantity="time")
+    nearest = min(candidates, key=lambda k: abs(math.log(t / candidates[k])))
+    if nearest == "best" and t <= 1.25 * d.min() + 1e-3:
+        lines.append(f"✓ {name} is correct.")
+        return finish("passed")
+    if nearest in TIME_CALL_SLIPS:
+        slip, hint = TIME_CALL_SLIPS[nearest]
+        lines.append(f"✗ the time is not the best of the calls.\n  Likely slip: {slip}. "
+                     f"{hint[:1].upper() + hint[1:]}")  # fmt: skip
+        return finish("wrong", quantity="time", slips=[slip])
+    lines.append(
+        "✗ the time is not the best of the calls (nor their median, mean, total or last one)."
+        "\n  No known slip matches. Time each call separately and return the smallest."
+    )
+    return finish("wrong", quantity="time")
 
 
 def _fit_exponent_spec() -> Spec:

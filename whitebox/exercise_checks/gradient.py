@@ -6,13 +6,19 @@ import numpy as np
 
 from .. import mcr2
 from .core import Case, CheckResult, Slip, Spec, orthonormal, run_check, soft_pi
+from .rates import _hard
 from .variational import _stats, _variational_cases
 
 
 def _var_grad(Z, Pi, U, eps, *, inv_n=True, per_nk=False, half=False, numerator=True,
-              eps_power=2, transpose_U=False, pi_power=1, sign=1.0, use_pi=True):  # fmt: skip
+              eps_power=2, transpose_U=False, pi_power=1, sign=1.0, use_pi=True, c_dim="d",
+              hard=False, weights_1_over_K=False, mean_coords=False):  # fmt: skip
     d, n = Z.shape
-    c = d / eps**eps_power
+    if hard:
+        Pi = _hard(Pi)
+    c = {"d": d, "p": U.shape[2], "1": 1.0}[c_dim] / eps**eps_power
+    if c_dim == "1":  # the scale dropped altogether: log(1 + y)
+        c = 1.0
     y = _stats(Z, Pi, U)
     D = (c if numerator else 1.0) / (1 + c * y)  # (K, p)
     UtZ = np.einsum("kpd,dn->kpn", U, Z) if transpose_U else np.einsum("kdp,dn->kpn", U, Z)
@@ -22,10 +28,14 @@ def _var_grad(Z, Pi, U, eps, *, inv_n=True, per_nk=False, half=False, numerator=
         G = np.einsum("kpd,kpn->kdn", U, Wk)
     else:
         G = np.einsum("kdp,kpn->kdn", U, Wk)
-    if per_nk:
+    if weights_1_over_K:  # the gradient of sum_k 1/(2K) sum_i log(1 + c y_ki)
+        G = G / (Pi.shape[1] * Pi.sum(axis=0)[:, None, None])
+    elif per_nk:
         G = G / Pi.sum(axis=0)[:, None, None]
     elif inv_n:
         G = G / n
+    if mean_coords:
+        G = G / U.shape[2]
     G = G.sum(axis=0)
     return sign * (0.5 * G if half else G)
 
@@ -54,6 +64,18 @@ def _grad_slips(key, wrap=lambda c, G: G):
              "multiply column j by Π_jk.", slip(use_pi=False)),
         Slip("the sign is flipped", "return the gradient of R_c^var itself (the step "
              "subtracts it).", slip(sign=-1.0)),
+        Slip("c = p/ε² instead of d/ε²", "c = d/ε² with d the token dimension (Z.shape[0]), "
+             "not the subspace dimension p, both in D_k's numerator and in 1 + c y_k.",
+             slip(c_dim="p")),
+        Slip("the scale d/ε² is missing", "D_k = c / (1 + c y_k) with c = d/ε²: the scale "
+             "appears twice, in the numerator and next to y_k.", slip(c_dim="1")),
+        Slip("hard groups (the argmax of Π) instead of the soft Π", "use the memberships Π_jk "
+             "as they are, in y_k and in diag(π_k).", slip(hard=True)),
+        Slip("weights 1/K instead of n_k/n (so 1/(K n_k) instead of 1/n)", "the objective "
+             "weighs group k by n_k/(2n); with that weight the n_k cancels and 1/n remains.",
+             slip(weights_1_over_K=True)),
+        Slip("a mean over the coordinates (an extra 1/p)", "R_c^var sums log(1 + c y_ki) over "
+             "the p coordinates, so its gradient has no 1/p.", slip(mean_coords=True)),
     ]  # fmt: skip
 
 
@@ -105,9 +127,20 @@ def _numerical_gradient_spec() -> Spec:
         return [
             Case("f(Z) = Σ exp(5 Z)/5 on a 3 × 4 Z, h=1e-4", {"f": f_exp, "Z": Z1.copy(), "h": 1e-4}),
             Case("f = R_c^var(·, Π, U, ε=1) on a 4 × 5 Z, h=1e-4", {"f": f_var, "Z": Z2.copy(), "h": 1e-4}),
+            Case("a large step: f(Z) = Σ exp(5 Z)/5, h=0.05", {"f": f_exp, "Z": Z1.copy(), "h": 0.05},
+                 note="h = 0.05 is large on purpose: the central difference with this h is "
+                      "exp(5z) sinh(5h)/(5h), about 1% above the exact gradient exp(5z); the "
+                      "checker expects the difference with the h it passes."),
         ]  # fmt: skip
 
     def ref(c):
+        Z, h = c.args["Z"], c.args["h"]
+        if c.args["f"] is f_exp:  # the central difference in closed form: exact for any h
+            return {"gradient": np.exp(5 * Z) * np.sinh(5 * h) / (5 * h)}
+        return {"gradient": mcr2.variational_compression_grad(Z, Pi2, U2, 1.0)}
+
+    def exact(c):
+        """What a routine that ignores h (and uses a small step of its own) returns."""
         Z = c.args["Z"]
         if c.args["f"] is f_exp:
             return {"gradient": np.exp(5 * Z)}
@@ -117,7 +150,8 @@ def _numerical_gradient_spec() -> Spec:
         return lambda c: {"gradient": _fd(c.args["f"], c.args["Z"], c.args["h"], kind)}
 
     return Spec(
-        "numerical_gradient", "numerical_gradient(f, Z, h)", "the exact gradient", cases, ref,
+        "numerical_gradient", "numerical_gradient(f, Z, h)",
+        "the exact gradient (at h = 0.05, the central difference in closed form)", cases, ref,
         quantity="gradient", relative_floor=1e-6,
         slips=[
             Slip("a forward difference", "(f(Z + h e) - f(Z)) / h has an error of order h; the "
@@ -125,6 +159,9 @@ def _numerical_gradient_spec() -> Spec:
                  slip("forward")),
             Slip("division by h instead of 2h", "the central difference spans 2h: "
                  "(f(Z + h e) - f(Z - h e)) / (2h).", slip("over_h")),
+            Slip("the step h is ignored", "perturb by the h that is passed in (Z + h E and "
+                 "Z − h E, divided by 2h): a step fixed inside the function, or a default that "
+                 "shadows the argument, gives the right answer only for that one h.", exact),
         ], shapes="f maps an array shaped like Z to a float; return an array shaped like Z",
     )  # fmt: skip
 

@@ -32,6 +32,10 @@ def _tssa_step_spec() -> Spec:
         Slip("τ is missing", "Z_+ = Z − τ grad.", lambda c: {"Z_+": c.args["Z"] - _var_grad(*args4(c))}),
         Slip("the update without Z", "return the new tokens Z − τ grad, not only the change.",
              lambda c: {"Z_+": -c.args["tau"] * _var_grad(*args4(c))}),
+        Slip("τ/n applied twice (an extra 1/n)", "the step is Z − τ ∇R_c^var = Z − (τ/n) Σ_k "
+             "U_k D_k U_kᵀ Z diag(π_k): the 1/n belongs to the gradient, so write either "
+             "τ/n with the bare sum or τ with the gradient, not τ/n with the gradient.",
+             lambda c: {"Z_+": c.args["Z"] - c.args["tau"] / c.args["Z"].shape[1] * _var_grad(*args4(c))}),
     ]  # fmt: skip
     for s in _grad_slips("grad"):
         if s.name == "the sign is flipped":
@@ -57,13 +61,15 @@ def check_tssa_step(tssa_step) -> CheckResult:
 
 
 def _membership(Z, U, eta, *, axis=1, half=True, square=True, transpose_U=False, stable=True,
-                sign=1.0, eta_mult=False):  # fmt: skip
+                sign=1.0, eta_mult=False, hard=False):  # fmt: skip
     UtZ = np.einsum("kpd,dn->kpn", U, Z) if transpose_U else np.einsum("kdp,dn->kpn", U, Z)
     norms = (UtZ * UtZ).sum(axis=1).T  # (n, K)
     if not square:
         norms = np.sqrt(norms)
     s = norms * eta if eta_mult else norms / ((2 if half else 1) * eta)
     s = sign * s
+    if hard:  # one-hot rows at the largest score
+        return np.eye(s.shape[1])[np.argmax(s, axis=1)]
     if stable:
         s = s - s.max(axis=axis, keepdims=True)
     e = np.exp(s)
@@ -114,6 +120,9 @@ def _membership_spec() -> Spec:
                  "subtract each row's maximum score before exp.", slip(stable=False)),
             Slip("a flipped sign", "a token belongs to the group whose basis captures most of "
                  "it: the score is +‖U_kᵀz_j‖²/(2η).", slip(sign=-1.0)),
+            Slip("a hard argmax instead of the softmax", "Π_jk = softmax_k(‖U_kᵀz_j‖²/(2η)) "
+                 "is soft: exp the (shifted) scores and normalize each row, rather than putting "
+                 "1 at the largest score.", slip(hard=True)),
         ], shapes="Z (d, n), U (K, d, p), eta a float; return Pi (n, K)",
     )  # fmt: skip
 

@@ -34,7 +34,8 @@ def tssa_reference(x, params, slip=None):
     B, n, D = x.shape
     H = temp.shape[0]
     p = D // H
-    w_flat = x @ (W.T if slip == "transposed_qkv" else W) + b  # (B, n, D)
+    w_flat = x @ (W.T if slip == "transposed_qkv" else W)
+    w_flat = w_flat if slip == "no_qkv_bias" else w_flat + b  # (B, n, D)
     if slip == "heads_reshape":
         w = w_flat.reshape(B, H, n, p)  # the slip: the token and head axes are mixed up
     else:
@@ -46,10 +47,12 @@ def tssa_reference(x, params, slip=None):
         norm = np.sqrt(w_sq.sum(axis=2, keepdims=True))  # (B, H, 1, p)
     denom = norm if slip == "no_floor" else np.maximum(norm, 1e-12)
     a = w_sq.sum(axis=3) if slip == "no_normalization" else (w_sq / denom**2).sum(axis=3)
-    z = a if slip == "no_temp" else temp * a  # (B, H, n)
-    pi = softmax(z, axis=2 if slip == "softmax_tokens" else 1)  # (B, H, n)
+    if slip == "scores_mean":
+        a = a / p  # the slip: a mean over the p features
+    z = {"no_temp": a, "temp_divides": a / temp}.get(slip, temp * a)  # (B, H, n)
+    pi = _membership_softmax(z, slip, head_axis=1, token_axis=2)  # (B, H, n)
     pi_sum = pi.sum(axis=2, keepdims=True) + (0.0 if slip == "no_eps" else 1e-8)  # (B, H, 1)
-    pi_bar = pi if slip == "unnormalized_stats" else pi / pi_sum
+    pi_bar = {"unnormalized_stats": pi, "s_over_n": pi / n}.get(slip, pi / pi_sum)
     stat_src = (w / denom) ** 2 if slip == "stats_from_w_hat" else w_sq
     s = np.einsum("bhn,bhnp->bhp", pi_bar, stat_src)  # (B, H, p)
     c = 1.0 / (s if slip == "no_one" else 1.0 + s)  # (B, H, p)
@@ -58,11 +61,46 @@ def tssa_reference(x, params, slip=None):
         y_flat = y.reshape(B, n, D)
     else:
         y_flat = y.transpose(0, 2, 1, 3).reshape(B, n, D)  # (B, n, D)
-    out = y_flat @ (Wo.T if slip == "transposed_out" else Wo) + bo
+    out = y_flat @ (Wo.T if slip == "transposed_out" else Wo)
+    out = out if slip == "no_proj_bias" else out + bo  # (B, n, D)
     return dict(
         w=w, pi=pi, s=s, y=y, out=out, x=x, W=W, Wo=Wo, temp=temp, w_sq=w_sq, norm=norm,
         denom=denom, a=a, pi_sum=pi_sum, pi_bar=pi_bar, c=c, y_flat=y_flat,
     )  # fmt: skip
+
+
+def _membership_softmax(z, slip, head_axis, token_axis):
+    """Π = softmax of the scores over the heads, or one of its slips (shared by the causal
+    layer): over the tokens, without the maximum subtracted, or a hard argmax."""
+    if slip == "softmax_tokens":
+        return softmax(z, axis=token_axis)
+    if slip == "unstable_softmax":
+        e = np.exp(z)  # the slip: overflows to inf, and inf / inf = nan
+        return e / e.sum(axis=head_axis, keepdims=True)
+    if slip == "hard_pi":
+        return (z == z.max(axis=head_axis, keepdims=True)).astype(np.float64)
+    return softmax(z, axis=head_axis)
+
+
+# Slips that both forward layers share: (name, hint) by key.
+MEMBERSHIP_SLIPS = {
+    "unstable_softmax": ("the softmax without the maximum subtracted (overflow)",
+                         "exp of a score above about 709 is inf in float64, and inf / inf = "
+                         "nan: subtract each token's largest score over the heads before exp "
+                         "(softmax is unchanged by that shift)."),
+    "hard_pi": ("a hard argmax instead of the softmax", "Π is a softmax over the heads: exp "
+                "the shifted scores and normalize, rather than putting 1 at the largest score."),
+    "temp_divides": ("the temperature divides instead of multiplies", "the scores are "
+                     "temp_h × (Σ_i ...): temp multiplies (it is a learned inverse "
+                     "temperature), it does not divide."),
+    "scores_mean": ("a mean over the features instead of a sum in the scores", "the score "
+                    "sums over the p features of a head (axis 3 of (B, H, n, p)): no "
+                    "division by p."),
+    "no_qkv_bias": ("the bias b_qkv is missing", "w = x W_qkv + b_qkv: add the bias before "
+                    "splitting the heads."),
+    "no_proj_bias": ("the output bias b_out is missing", "out = y W_out + b_out: add "
+                     "proj.bias after the output projection."),
+}  # fmt: skip
 
 
 TSSA_FORWARD_SLIPS = {
@@ -94,6 +132,10 @@ TSSA_FORWARD_SLIPS = {
                       "y.transpose(0, 2, 1, 3).reshape(B, n, D), the inverse of the split."),
     "transposed_out": ("a transposed output projection W_out", "out = y W_out + b_out: "
                        "y_flat @ W_out, not @ W_out.T."),
+    "s_over_n": ("1/n instead of 1/Σ_j Π_hj in the statistics", "s_{h,i} is a weighted mean "
+                 "over the tokens: divide Σ_j Π_hj w_{hji}² by the head's weight Σ_j Π_hj "
+                 "(+ 1e-8), not by the number of tokens n."),
+    **MEMBERSHIP_SLIPS,
 }  # fmt: skip
 
 
@@ -139,6 +181,28 @@ def _tssa_cases(seed):
     ]  # fmt: skip
 
 
+def _large_scores_case(seed, causal=False):
+    """Temperatures in the thousands: scores of about 10³, where exp overflows unless the
+    maximum is subtracted first."""
+    rng = np.random.default_rng(seed)
+    B, n, D, H = 1, 5, 4, 2
+    params = {
+        "qkv.weight": 0.6 * rng.standard_normal((D, D)),
+        "qkv.bias": 0.1 * rng.standard_normal(D),
+        "temp": np.array([[2000.0], [3000.0]]),
+        "proj.weight": 0.5 * rng.standard_normal((D, D)),
+        "proj.bias": 0.1 * rng.standard_normal(D),
+    }
+    if causal:
+        params["denom_bias"] = 0.3 * rng.standard_normal((H, n + 2, 1))
+    return Case(
+        f"large scores: temp = 2000, 3000, B=1 {'T' if causal else 'n'}=5 D=4 H=2",
+        {"x": rng.standard_normal((B, n, D)), "params": params},
+        note="the temperatures make the scores about 10³; exp(10³) is inf in float64, so "
+        "subtract each token's largest score over the heads before exp.",
+    )
+
+
 def _forward_spec_parts(name, library_forward, reference):
     """The reference, the output extractor and the slip factory shared by the two forward
     exercises (05 TSSA, 07 causal TSSA): both return (out, cache) with the same cache keys."""
@@ -176,7 +240,7 @@ def _tssa_forward_spec() -> Spec:
         "tssa_forward",
         "tssa_forward(x, params) -> (out, cache)",
         "whitebox.nn.tssa_forward",
-        lambda: _tssa_cases(501),
+        lambda: _tssa_cases(501) + [_large_scores_case(502)],
         ref,
         extract=extract,
         slips=[
@@ -202,7 +266,8 @@ def tssa_backward_reference(dout, r, slip=None):
     w, w_sq, pi, pi_bar, pi_sum, c = r["w"], r["w_sq"], r["pi"], r["pi_bar"], r["pi_sum"], r["c"]
     B, H, n, p = w.shape
     D = H * p
-    two = 1.0 if slip == "missing_two" else 2.0
+    two_s = 1.0 if slip in ("missing_two", "missing_two_stats") else 2.0  # d(w²)/dw in s
+    two_a = 1.0 if slip in ("missing_two", "missing_two_scores") else 2.0  # ... in the scores
     sign = 1.0 if slip == "sign" else -1.0
 
     def dW(inp, g):
@@ -220,7 +285,7 @@ def tssa_backward_reference(dout, r, slip=None):
         ds = np.zeros_like(ds)
     # s = sum_j pi_bar_j w_j^2
     dpi_bar = np.einsum("bhnp,bhp->bhn", w_sq, ds)
-    dw += two * ds[:, :, None, :] * pi_bar[..., None] * w
+    dw += two_s * ds[:, :, None, :] * pi_bar[..., None] * w
     # pi_bar = pi / (sum_j pi + eps)
     dpi = dpi + dpi_bar / pi_sum
     if slip != "pi_sum_constant":
@@ -232,12 +297,13 @@ def tssa_backward_reference(dout, r, slip=None):
     grads["temp"] = (dz * r["a"]).sum(axis=(0, 2))[:, None]  # (H, 1)
     da = dz * r["temp"]  # (B, H, n)
     denom = r["denom"]
-    dw += two * da[..., None] * w / denom**2
+    dw += two_a * da[..., None] * w / denom**2
     if slip != "norm_constant":
         ddenom = -2.0 * np.einsum("bhn,bhnp->bhp", da, w_sq)[:, :, None, :] / denom**3
         dnorm = ddenom * (r["norm"] >= 1e-12)
         dw += dnorm * w / denom
     dw_flat = dw.transpose(0, 2, 1, 3).reshape(B, n, D)
+    r["dw_flat"] = dw_flat  # the upstream of b_qkv and W_qkv, for the slip detectors
     grads["qkv.bias"] = dw_flat.reshape(-1, D).sum(axis=0)
     grads["qkv.weight"] = dW(r["x"], dw_flat)
     return dw_flat @ r["W"].T, grads
@@ -257,10 +323,72 @@ TSSA_BACKWARD_SLIPS = {
     "norm_constant": ("the column norm treated as a constant", "ŵ = w / ‖w_{·,i}‖ and the norm "
                       "depends on w: add the path through the norm (d‖w‖/dw = w/‖w‖)."),
     "missing_two": ("a missing 2 in d(w²)/dw", "d(w²)/dw = 2w, both in s and in the scores."),
+    "missing_two_stats": ("a missing 2 in d(w²)/dw on the path through s", "s = Σ_j Π̄_j w_j²,"
+                          " so ds reaches w as 2 Π̄ w ds: the 2 from the square is missing "
+                          "there (the path through the scores has it)."),
+    "missing_two_scores": ("a missing 2 in d(w²)/dw on the path through the scores", "the "
+                           "scores hold w²/‖w‖², so da reaches w as 2 w da / ‖w‖²: the 2 "
+                           "from the square is missing there (the path through s has it)."),
     "transposed_dW": ("a transposed weight gradient", "for y = x W: dW = xᵀ dy (shape (D_in, "
                       "D_out)), not dyᵀ x."),
     "sign": ("the minus sign of y = −Π w / (1 + s) is lost", "every gradient that flows "
              "through y carries the minus sign."),
+}  # fmt: skip
+
+
+# Parameter gradients: (gradient key, the forward input it multiplies, or None for a bias,
+# the upstream gradient), looked up in the reference's dict after its backward has run.
+_PARAMS = {
+    "proj.bias": (None, "dout"),
+    "proj.weight": ("y_flat", "dout"),
+    "qkv.bias": (None, "dw_flat"),
+    "qkv.weight": ("x", "dw_flat"),
+}
+
+
+def _param_slip(kind):
+    """A detector: some weight or bias gradient is computed with an axis or batch slip, and
+    every other parameter gradient is right (or has the same kind of slip)."""
+
+    def wrong_versions(inp, g):
+        B = g.shape[0]
+        if inp is None:  # a bias: the right sum is over the batch and the tokens (axes 0, 1)
+            if kind == "bias_axis":
+                return [g.sum(axis=0), g.sum(axis=1), g.sum(axis=2), g.sum(axis=(1, 2)),
+                        g.reshape(-1, g.shape[-1]).mean(axis=0)]  # fmt: skip
+            return [g[0].sum(axis=0)] if B > 1 else [g.sum(axis=(0, 1))]
+        if kind == "bias_axis":
+            return []
+        return [inp[0].T @ g[0], inp[-1].T @ g[-1]] if B > 1 else [inp[0].T @ g[0]]
+
+    def detect(c, got):
+        r = tssa_reference(c.args["x"], c.args["params"])
+        r["dout"] = c.args["dout"]
+        _, grads = tssa_backward_reference(c.args["dout"], r)
+        slipped = False
+        for key, (inp, up) in _PARAMS.items():
+            if key not in got:
+                return False
+            if compare(grads[key], got[key], TOL, FLOOR)[0]:
+                continue
+            g, x = r[up], (None if inp is None else r[inp])
+            if not any(compare(v, got[key], TOL, FLOOR)[0] for v in wrong_versions(x, g)):
+                return False
+            slipped = True
+        # on a batch of one, summing one element is right: the slip shows on B > 1 only
+        return slipped or c.args["x"].shape[0] == 1
+
+    return detect
+
+
+PARAM_SLIPS = {
+    "bias_axis": ("a bias gradient summed over the wrong axes", "a bias is added to every "
+                  "token of every batch element, so its gradient sums the upstream gradient "
+                  "over the batch and the tokens: g.sum(axis=(0, 1)) of a (B, n, D) array, "
+                  "shape (D,)."),
+    "batch_one": ("a parameter gradient from one batch element only", "the parameters are "
+                  "shared by the whole batch: sum over every batch element (reshape to "
+                  "(B·n, D) before xᵀ @ g, or sum over axes 0 and 1 for a bias)."),
 }  # fmt: skip
 
 
@@ -335,7 +463,8 @@ def _tssa_backward_spec(forward) -> Spec:
         slips=[
             Slip(name, hint, slip(k), detect=transposed_weights if k == "transposed_dW" else None)
             for k, (name, hint) in TSSA_BACKWARD_SLIPS.items()
-        ],
+        ]
+        + [Slip(name, hint, detect=_param_slip(k)) for k, (name, hint) in PARAM_SLIPS.items()],
         shapes="dout (B, n, D); return dx (B, n, D) and grads shaped like the parameters: qkv.weight (D, D), qkv.bias (D,), temp (H, 1), proj.weight (D, D), proj.bias (D,)",
     )
 

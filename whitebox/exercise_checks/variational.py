@@ -19,25 +19,38 @@ from .core import (
     run_check,
     soft_pi,
 )
+from .rates import LOG_BASES, _hard
 
 
-def _stats(Z, Pi, U, *, transpose_U=False, by_n=False, normalize=True, square=True, pi_power=1):
+def _stats(Z, Pi, U, *, transpose_U=False, by_n=False, normalize=True, square=True, pi_power=1,
+           centre=False, minus_one=False, hard=False):  # fmt: skip
     """y_k = (U_k^T Z)^2 pi_k / n_k with optional slips: (K, p)."""
+    if hard:
+        Pi = _hard(Pi)
     UtZ = np.einsum("kdp,dn->kpn", U, Z) if not transpose_U else np.einsum("kpd,dn->kpn", U, Z)
+    nk = Pi.sum(axis=0)  # (K,)
+    if centre:  # the weighted mean of each coordinate subtracted: a variance
+        UtZ = UtZ - (np.einsum("kpn,nk->kp", UtZ, Pi) / nk[:, None])[:, :, None]
     P = UtZ * UtZ if square else UtZ
     y = np.einsum("kpn,nk->kp", P, Pi**pi_power)
     if normalize:
-        y = y / (Z.shape[1] if by_n else Pi.sum(axis=0)[:, None])
+        y = y / (Z.shape[1] if by_n else nk[:, None] - (1 if minus_one else 0))
     return y
 
 
-def _var_rate(Z, Pi, U, eps, *, half=0.5, eps_power=2, weight=True, scale_n=False, **kw):
+def _var_rate(Z, Pi, U, eps, *, half=0.5, eps_power=2, weight="n_k/n", scale_n=False, c_dim="d",
+              base=1.0, mean_coords=False, **kw):  # fmt: skip
     d, n = Z.shape
     y = _stats(Z, Pi, U, **kw)
-    c = d / eps**eps_power / (n if scale_n else 1)
-    nk = Pi.sum(axis=0)
-    per = np.log1p(c * y).sum(axis=1)  # (K,)
-    return float(((nk / n if weight else 1.0) * half * per).sum())
+    K, p = y.shape
+    c = {"d": d, "p": p, "1": 1.0}[c_dim] / eps**eps_power / (n if scale_n else 1)
+    if c_dim == "1":  # the scale dropped altogether: log(1 + y)
+        c = 1.0
+    nk = (_hard(Pi) if kw.get("hard") else Pi).sum(axis=0)
+    per = np.log1p(c * y)  # (K, p)
+    per = per.mean(axis=1) if mean_coords else per.sum(axis=1)  # (K,)
+    w = {"n_k/n": nk / n, "1": np.ones(K), "1/K": np.full(K, 1.0 / K)}[weight]
+    return float((w * half * per).sum() / base)
 
 
 def _variational_cases(seed):
@@ -75,6 +88,10 @@ def _token_statistics_spec() -> Spec:
     def slip(**kw):
         return lambda c: {"y": _stats(c.args["Z"], c.args["Pi"], c.args["U"], **kw)}
 
+    hard = Slip("hard groups (the argmax of Π) instead of the soft Π", "weight every token by "
+                "its membership Π_jk as it is, and n_k = Σ_j Π_jk: no rounding of Π to 0 or 1.",
+                slip(hard=True))  # fmt: skip
+
     return Spec(
         "token_statistics", "token_statistics(Z, Pi, U)", "whitebox.token_statistics", cases,
         ref, quantity="y",
@@ -89,6 +106,11 @@ def _token_statistics_spec() -> Spec:
                  "i.e. np.einsum('kdp,dn->kpn', U, Z); U[k] is d × p.", slip(transpose_U=True)),
             Slip("π_k applied twice", "weight each token once: (U_kᵀZ)^⊙2 @ π_k.",
                  slip(pi_power=2)),
+            Slip("a centred second moment (a variance)", "y_ki is the weighted mean of "
+                 "(u_kiᵀz_j)² itself: subtract no mean before squaring.", slip(centre=True)),
+            Slip("1/(n_k − 1) instead of 1/n_k", "y_k = (U_kᵀZ)^⊙2 π_k / n_k: divide by "
+                 "n_k = Σ_j Π_jk, not n_k − 1.", slip(minus_one=True)),
+            hard,
         ], shapes="Z (d, n), Pi (n, K), U (K, d, p) with U[k] = U_k (d × p); return y (K, p)",
     )  # fmt: skip
 
@@ -117,8 +139,25 @@ def _variational_rate_spec() -> Spec:
                  "d/ε²: the 1/n_k is already inside y_k.", slip(scale_n=True)),
             Slip("n instead of n_k in y_k", "y_k divides by n_k = Σ_j Π_jk.", slip(by_n=True)),
             Slip("the weight n_k/n is missing", "each group's sum is weighted by n_k/(2n).",
-                 slip(weight=False)),
+                 slip(weight="1")),
             Slip("a transposed U", "project with U_kᵀ: U_kᵀ Z is p × n.", slip(transpose_U=True)),
+            Slip("weights 1/K instead of n_k/n", "each group's sum is weighted by n_k/(2n), "
+                 "its share of the tokens, not equally.", slip(weight="1/K")),
+            Slip("c = p/ε² instead of d/ε²", "the scale is c = d/ε², with d the token "
+                 "dimension (Z.shape[0]), not the subspace dimension p, in every group.",
+                 slip(c_dim="p")),
+            Slip("the scale d/ε² is missing", "R_c^var = Σ_k n_k/(2n) Σ_i log(1 + (d/ε²) "
+                 "y_ki): multiply y by c = d/ε² inside the log.", slip(c_dim="1")),
+            Slip("a mean over the coordinates instead of a sum", "Σ_i log(1 + c y_ki) sums "
+                 "over the p coordinates of each basis (axis 1 of the (K, p) statistics): no "
+                 "division by p.", slip(mean_coords=True)),
+            *[Slip(f"the logarithm in base {b} instead of the natural one", f"log{b}(x) = "
+                   f"ln(x) / ln {b}: use np.log1p (or np.log), the natural logarithm.",
+                   slip(base=v)) for b, v in LOG_BASES.items()],
+            Slip("hard groups (the argmax of Π) instead of the soft Π", "use the memberships "
+                 "Π_jk as they are, in y_k and in n_k = Σ_j Π_jk.", slip(hard=True)),
+            Slip("a centred second moment (a variance) in y_k", "y_ki is the weighted mean of "
+                 "(u_kiᵀz_j)² itself: subtract no mean.", slip(centre=True)),
         ], shapes="Z (d, n), Pi (n, K), U (K, d, p), eps a float; return a float",
     )  # fmt: skip
 
