@@ -34,7 +34,11 @@ NAMES = [
     "06_tssa_backward.ipynb",
     "07_causal_tssa.ipynb",
     "08_complexity.ipynb",
+    "09_unrolled_questions.ipynb",
+    "10_training_questions.ipynb",
 ]
+#: Reasoning questions (CS231n's inline questions): no function to write, written answers only.
+QUESTIONS = ["09_unrolled_questions.ipynb", "10_training_questions.ipynb"]
 PRESENT = [n for n in NAMES if (SOLUTIONS / n).exists()]
 
 
@@ -124,7 +128,7 @@ def test_learner_copies_are_up_to_date():
 # ----------------------------------------------------------------------------- solutions
 
 
-@pytest.mark.parametrize("name", PRESENT)
+@pytest.mark.parametrize("name", [n for n in PRESENT if n not in QUESTIONS])
 def test_solution_passes_its_checkers(name):
     nb = nbformat.read(SOLUTIONS / name, as_version=4)
     statements = _checker_statements(nb)
@@ -548,6 +552,40 @@ def test_build_rejects_unbalanced_markers(source):
         build.strip_regions(source, build.CODE_STUB, "test")
 
 
+@pytest.mark.parametrize("name", QUESTIONS)
+def test_question_notebook_has_questions_with_model_answers(name):
+    """3 to 5 questions, each followed by a "Your answer:" cell whose model answer is a
+    solution region; the learner copy keeps the question and the blank answer only."""
+    solution = nbformat.read(SOLUTIONS / name, as_version=4)
+    learner = nbformat.read(EXERCISES / name, as_version=4)
+    cells = solution.cells
+    questions = [
+        i for i, c in enumerate(cells) if c.cell_type == "markdown" and "**Question" in c.source
+    ]
+    assert 3 <= len(questions) <= 5, questions
+    for i in questions:
+        answer = cells[i + 1]
+        assert answer.cell_type == "markdown" and answer.source.startswith("**Your answer:**")
+        assert build.BEGIN in answer.source and "**Model answer.**" in answer.source
+    assert not any(build.BEGIN in c.source for c in cells if c.cell_type == "code")
+    text = "\n".join(c.source for c in learner.cells)
+    assert "Model answer" not in text and "check_claim(" not in text
+    assert text.count("**Your answer:**\n\n" + build.MARKDOWN_STUB) == len(questions)
+    # every question is about something the notebook computes: a code cell right above it
+    for i in questions:
+        assert any(c.cell_type == "code" for c in cells[max(0, i - 2) : i]), i
+
+
+@pytest.mark.parametrize("name", QUESTIONS)
+def test_question_notebook_checks_the_numbers_of_its_model_answers(name):
+    """The solution's cells that check the model answers' numbers run and raise nothing
+    (whitebox.analysis.check_claim raises when a claim fails)."""
+    nb = nbformat.read(SOLUTIONS / name, as_version=4)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out.output_type != "error", out
+
+
 @pytest.mark.parametrize("name", PRESENT)
 def test_learner_copy_keeps_no_solution(name):
     solution = nbformat.read(SOLUTIONS / name, as_version=4)
@@ -557,6 +595,15 @@ def test_learner_copy_keeps_no_solution(name):
     assert "solution-only" not in str([c.metadata for c in learner.cells])
     stubs = text.count("raise NotImplementedError")
     regions = sum(c.source.count(build.BEGIN) for c in solution.cells if c.cell_type == "code")
+    if name in QUESTIONS:  # written answers only
+        markdown = "\n".join(c.source for c in learner.cells if c.cell_type == "markdown")
+        answers = sum(
+            c.source.count(build.BEGIN)
+            for c in solution.cells
+            if build.SOLUTION_ONLY_TAG not in c.metadata.get("tags", [])
+        )
+        assert stubs == regions == 0 and markdown.count(build.MARKDOWN_STUB) == answers > 0
+        return
     assert stubs == regions > 0
 
 
