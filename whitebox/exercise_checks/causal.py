@@ -25,7 +25,7 @@ def _exclusive_cumsum(a):
 
 def causal_tssa_reference(x, params, slip=None):
     """Causal TSSA in plain NumPy with an optional planted ``slip`` (a key of
-    ``CAUSAL_SLIPS``). Returns {'w', 'pi', 's', 'y', 'out'}."""
+    ``CAUSAL_SLIPS``). Returns {'w', 'pi', 'y', 'v', 'out'}."""
     W, b, temp = params["qkv.weight"], params["qkv.bias"], params["temp"]
     B, T, D = x.shape
     H = temp.shape[0]
@@ -61,16 +61,16 @@ def causal_tssa_reference(x, params, slip=None):
     else:
         num = np.cumsum(pi[..., None] * w_sq, axis=2)
         den = np.cumsum(pi, axis=2) + (0.0 if slip == "no_eps" else 1e-8)
-    s = num / den[..., None]  # (B, H, T, p)
-    y = -pi[..., None] * w / (1.0 + s)
-    out = y.transpose(0, 2, 1, 3).reshape(B, T, D) @ params["proj.weight"]
+    y = num / den[..., None]  # (B, H, T, p)
+    v = -pi[..., None] * w / (1.0 + y)
+    out = v.transpose(0, 2, 1, 3).reshape(B, T, D) @ params["proj.weight"]
     out = out if slip == "no_proj_bias" else out + params["proj.bias"]  # (B, T, D)
-    return {"w": w, "pi": pi, "s": s, "y": y, "out": out}
+    return {"w": w, "pi": pi, "y": y, "v": v, "out": out}
 
 
 CAUSAL_SLIPS = {
-    "s_sum": ("the statistics s see the future (a sum instead of a cumulative sum)",
-              "s_t = cumsum_t(Π w²) / (cumsum_t(Π) + 1e-8): token t may only use tokens ≤ t."),
+    "s_sum": ("the statistics y see the future (a sum instead of a cumulative sum)",
+              "y_t = cumsum_t(Π w²) / (cumsum_t(Π) + 1e-8): token t may only use tokens ≤ t."),
     "r_sum": ("the normalizer r sees the future (a sum instead of a cumulative sum)",
               "r_t = max(cumsum_t w², 1e-12): the running sum over tokens ≤ t."),
     "cumsum_features": ("the cumulative sum over the wrong axis", "accumulate over the tokens "
@@ -83,15 +83,15 @@ CAUSAL_SLIPS = {
                   "(w²/r + β_ht) = temp_h (Σ_i w²/r + p β_ht)."),
     "softmax_tokens": ("the softmax over the wrong axis (tokens instead of heads)",
                        "Π_ht = softmax over the heads h (axis 1)."),
-    "no_eps": ("a forgotten 1e-8", "s_t = cumsum_t(Π w²) / (cumsum_t(Π) + 1e-8)."),
-    "s_exclusive": ("an exclusive prefix in the statistics s (the cumulative sum shifted by "
-                    "one token)", "s_t = Σ_{t' ≤ t} Π w² / (Σ_{t' ≤ t} Π + 1e-8) includes "
+    "no_eps": ("a forgotten 1e-8", "y_t = cumsum_t(Π w²) / (cumsum_t(Π) + 1e-8)."),
+    "s_exclusive": ("an exclusive prefix in the statistics y (the cumulative sum shifted by "
+                    "one token)", "y_t = Σ_{t' ≤ t} Π w² / (Σ_{t' ≤ t} Π + 1e-8) includes "
                     "token t itself: np.cumsum(..., axis=2) as it is, not shifted to the "
                     "tokens before t."),
     "r_exclusive": ("an exclusive prefix in the normalizer r (the cumulative sum shifted by "
                     "one token)", "r_t = max(Σ_{t' ≤ t} w², 1e-12) includes token t itself, "
                     "so w_t²/r_t ≤ 1: np.cumsum(w², axis=2) as it is, not shifted."),
-    "s_over_t": ("the token count t + 1 instead of Σ_{t' ≤ t} Π in the statistics", "s_t is "
+    "s_over_t": ("the token count t + 1 instead of Σ_{t' ≤ t} Π in the statistics", "y_t is "
                  "a weighted mean: divide by the running weight cumsum_t(Π) + 1e-8, not by "
                  "the number of tokens so far."),
     "no_beta": ("the bias β (denom_bias) is missing", "score_ht = temp_h (Σ_i w²/r + p "
@@ -115,7 +115,7 @@ def _causal_cases(seed):
         },
     }
     # Hard case, as for the non-causal layer: head 0 has entries +-1 and temperature -200
-    # (membership ~e^-100: only the 1e-8 keeps s near 0); in head 1 feature 0 is 0 on the
+    # (membership ~e^-100: only the 1e-8 keeps y near 0); in head 1 feature 0 is 0 on the
     # first two tokens (r = 0 there: only the 1e-12 clamp keeps w^2/r finite).
     B, T, D, H, L = 1, 4, 6, 3, 6
     x = rng.standard_normal((B, T, D))
@@ -134,7 +134,7 @@ def _causal_cases(seed):
         Case("random B=2 T=6 D=8 H=2 block_size=9", random),
         Case("hard: Π ≈ 0 in head 0, zeros on tokens 0-1", hard,
              note="W_qkv = I, so w = x. Head 0 has temperature −200 (membership about e^−100: "
-                  "only the 1e-8 keeps s ≈ 0); in head 1, feature 0 is 0 on tokens 0 and 1 "
+                  "only the 1e-8 keeps y ≈ 0); in head 1, feature 0 is 0 on tokens 0 and 1 "
                   "(r = 0 there: only the 1e-12 clamp keeps w²/r finite)."),
     ]  # fmt: skip
 
@@ -169,11 +169,11 @@ def _causal_spec() -> Spec:
         extra=extra,
         slips=[
             Slip(name, hint, slip(k), detect=_DETECT.get(k)) for k, (name, hint) in CAUSAL_SLIPS.items()
-        ], shapes="x (B, T, D); denom_bias (H, block_size, 1), use [:, :T]; cache: w, s, y (B, H, T, p), pi (B, H, T)",
+        ], shapes="x (B, T, D); denom_bias (H, block_size, 1), use [:, :T]; cache: w, y, v (B, H, T, p), pi (B, H, T)",
     )  # fmt: skip
 
 
 def check_causal_tssa_forward(causal_tssa_forward) -> CheckResult:
     """Check ``causal_tssa_forward(x, params) -> (out, cache)`` (exercise 07); the cache must
-    hold 'w' (B, H, T, p), 'pi' (B, H, T), 's' (B, H, T, p) and 'y' (B, H, T, p)."""
+    hold 'w' (B, H, T, p), 'pi' (B, H, T), 'y' (B, H, T, p) (the statistics) and 'v' (B, H, T, p)."""
     return run_check(_causal_spec(), causal_tssa_forward)

@@ -21,13 +21,13 @@ from .core import (
     softmax,
 )
 
-TSSA_CACHE_KEYS = ("w", "pi", "s", "y")
+TSSA_CACHE_KEYS = ("w", "pi", "y", "v")
 """The intermediate quantities that ``tssa_forward`` must store in its cache (exercise 05)."""
 
 
 def tssa_reference(x, params, slip=None):
     r"""The learned TSSA layer in plain NumPy, with an optional planted ``slip`` (a key of
-    ``TSSA_FORWARD_SLIPS``). Returns {'w', 'pi', 's', 'y', 'out'} plus the cache entries the
+    ``TSSA_FORWARD_SLIPS``). Returns {'w', 'pi', 'y', 'v', 'out'} plus the cache entries the
     reference backward needs. With ``slip=None`` it equals ``whitebox.nn.tssa_forward``."""
     W, b = params["qkv.weight"], params["qkv.bias"]
     temp, Wo, bo = params["temp"], params["proj.weight"], params["proj.bias"]
@@ -54,18 +54,18 @@ def tssa_reference(x, params, slip=None):
     pi_sum = pi.sum(axis=2, keepdims=True) + (0.0 if slip == "no_eps" else 1e-8)  # (B, H, 1)
     pi_bar = {"unnormalized_stats": pi, "s_over_n": pi / n}.get(slip, pi / pi_sum)
     stat_src = (w / denom) ** 2 if slip == "stats_from_w_hat" else w_sq
-    s = np.einsum("bhn,bhnp->bhp", pi_bar, stat_src)  # (B, H, p)
-    c = 1.0 / (s if slip == "no_one" else 1.0 + s)  # (B, H, p)
-    y = (1.0 if slip == "no_minus" else -1.0) * pi[..., None] * w * c[:, :, None, :]
+    y = np.einsum("bhn,bhnp->bhp", pi_bar, stat_src)  # (B, H, p)
+    g = 1.0 / (y if slip == "no_one" else 1.0 + y)  # (B, H, p)
+    v = (1.0 if slip == "no_minus" else -1.0) * pi[..., None] * w * g[:, :, None, :]
     if slip == "merge_reshape":
-        y_flat = y.reshape(B, n, D)
+        v_flat = v.reshape(B, n, D)
     else:
-        y_flat = y.transpose(0, 2, 1, 3).reshape(B, n, D)  # (B, n, D)
-    out = y_flat @ (Wo.T if slip == "transposed_out" else Wo)
+        v_flat = v.transpose(0, 2, 1, 3).reshape(B, n, D)  # (B, n, D)
+    out = v_flat @ (Wo.T if slip == "transposed_out" else Wo)
     out = out if slip == "no_proj_bias" else out + bo  # (B, n, D)
     return dict(
-        w=w, pi=pi, s=s, y=y, out=out, x=x, W=W, Wo=Wo, temp=temp, w_sq=w_sq, norm=norm,
-        denom=denom, a=a, pi_sum=pi_sum, pi_bar=pi_bar, c=c, y_flat=y_flat,
+        w=w, pi=pi, y=y, v=v, out=out, x=x, W=W, Wo=Wo, temp=temp, w_sq=w_sq, norm=norm,
+        denom=denom, a=a, pi_sum=pi_sum, pi_bar=pi_bar, g=g, v_flat=v_flat,
     )  # fmt: skip
 
 
@@ -98,7 +98,7 @@ MEMBERSHIP_SLIPS = {
                     "division by p."),
     "no_qkv_bias": ("the bias b_qkv is missing", "w = x W_qkv + b_qkv: add the bias before "
                     "splitting the heads."),
-    "no_proj_bias": ("the output bias b_out is missing", "out = y W_out + b_out: add "
+    "no_proj_bias": ("the output bias b_out is missing", "out = v W_out + b_out: add "
                      "proj.bias after the output projection."),
 }  # fmt: skip
 
@@ -117,12 +117,12 @@ TSSA_FORWARD_SLIPS = {
     "no_temp": ("the temperature is missing", "the scores are temp_h Σ_i ŵ_{j,i}²."),
     "no_eps": ("a forgotten 1e-8", "the weights are Π_hj / (Σ_j' Π_hj' + 1e-8): a head with "
                "(almost) no tokens must get (almost) zero statistics, not a division by ~0."),
-    "unnormalized_stats": ("Π not normalized in the statistics", "s_{h,i} = Σ_j Π_hj w_{hji}² "
+    "unnormalized_stats": ("Π not normalized in the statistics", "y_{h,i} = Σ_j Π_hj w_{hji}² "
                            "/ (Σ_j' Π_hj' + 1e-8): a weighted mean over the tokens."),
     "stats_from_w_hat": ("statistics of ŵ instead of w", "ŵ is only for the membership "
-                         "scores; s uses the un-normalized w."),
-    "no_one": ("the 1 in 1 + s is missing", "y = −Π w / (1 + s)."),
-    "no_minus": ("the minus sign is missing", "y = −Π w / (1 + s): a gradient *descent* step."),
+                         "scores; y uses the un-normalized w."),
+    "no_one": ("the 1 in 1 + y is missing", "v = −Π w / (1 + y): the gains are g = 1/(1 + y)."),
+    "no_minus": ("the minus sign is missing", "v = −Π w / (1 + y): a gradient *descent* step."),
     "transposed_qkv": ("a transposed projection W_qkv", "w = x W_qkv + b_qkv with W_qkv of "
                        "shape (D_in, D_out) (CS231n layout, not PyTorch's): x @ W, not x @ W.T."),
     "heads_reshape": ("heads split without the transpose", "split the heads as "
@@ -130,9 +130,9 @@ TSSA_FORWARD_SLIPS = {
                       "tokens and heads."),
     "merge_reshape": ("heads merged without the transpose", "merge as "
                       "y.transpose(0, 2, 1, 3).reshape(B, n, D), the inverse of the split."),
-    "transposed_out": ("a transposed output projection W_out", "out = y W_out + b_out: "
-                       "y_flat @ W_out, not @ W_out.T."),
-    "s_over_n": ("1/n instead of 1/Σ_j Π_hj in the statistics", "s_{h,i} is a weighted mean "
+    "transposed_out": ("a transposed output projection W_out", "out = v W_out + b_out: "
+                       "v_flat @ W_out, not @ W_out.T."),
+    "s_over_n": ("1/n instead of 1/Σ_j Π_hj in the statistics", "y_{h,i} is a weighted mean "
                  "over the tokens: divide Σ_j Π_hj w_{hji}² by the head's weight Σ_j Π_hj "
                  "(+ 1e-8), not by the number of tokens n."),
     **MEMBERSHIP_SLIPS,
@@ -176,7 +176,7 @@ def _tssa_cases(seed):
         Case("random B=2 n=5 D=6 H=2", random),
         Case("hard: Π ≈ 0 in head 0, a zero feature", hard,
              note="W_qkv = I, so w = x. Head 0 has temperature −200: its membership is about "
-                  "e^−100 for every token, and only the 1e-8 keeps s finite and ≈ 0. In head 1, "
+                  "e^−100 for every token, and only the 1e-8 keeps y finite and ≈ 0. In head 1, "
                   "feature 0 is 0 for every token: only the 1e-12 floor keeps ŵ finite."),
     ]  # fmt: skip
 
@@ -210,7 +210,7 @@ def _forward_spec_parts(name, library_forward, reference):
     def ref(c):
         out, cache = library_forward(c.args["x"], c.args["params"])
         r = reference(c.args["x"], c.args["params"])
-        return {"w": r["w"], "pi": cache["pi"], "s": r["s"], "y": r["y"], "out": out}
+        return {"w": r["w"], "pi": cache["pi"], "y": r["y"], "v": r["v"], "out": out}
 
     def extract(output, c):
         if not (isinstance(output, tuple | list) and len(output) == 2):
@@ -225,7 +225,7 @@ def _forward_spec_parts(name, library_forward, reference):
     def slip(key):
         def f(c):
             r = reference(c.args["x"], c.args["params"], slip=key)
-            return {k: r[k] for k in ("w", "pi", "s", "y", "out")}
+            return {k: r[k] for k in ("w", "pi", "y", "v", "out")}
 
         return f
 
@@ -247,13 +247,14 @@ def _tssa_forward_spec() -> Spec:
             Slip(name, hint, slip(k), detect=_DETECT.get(k))
             for k, (name, hint) in TSSA_FORWARD_SLIPS.items()
         ],
-        shapes="x (B, n, D); qkv.weight (D, D), qkv.bias (D,), temp (H, 1), proj.weight (D, D), proj.bias (D,); cache: w (B, H, n, p), pi (B, H, n), s (B, H, p), y (B, H, n, p)",
+        shapes="x (B, n, D); qkv.weight (D, D), qkv.bias (D,), temp (H, 1), proj.weight (D, D), proj.bias (D,); cache: w (B, H, n, p), pi (B, H, n), y (B, H, p), v (B, H, n, p)",
     )
 
 
 def check_tssa_forward(tssa_forward) -> CheckResult:
     """Check ``tssa_forward(x, params) -> (out, cache)`` (exercise 05); the cache must hold
-    'w' (B, H, n, p), 'pi' (B, H, n), 's' (B, H, p) and 'y' (B, H, n, p)."""
+    'w' (B, H, n, p), 'pi' (B, H, n), 'y' (B, H, p) (the statistics) and 'v' (B, H, n, p) (the
+    heads' outputs)."""
     return run_check(_tssa_forward_spec(), tssa_forward)
 
 
@@ -263,10 +264,10 @@ GRAD_KEYS = ("proj.bias", "proj.weight", "temp", "qkv.bias", "qkv.weight")
 def tssa_backward_reference(dout, r, slip=None):
     """Backward of :func:`tssa_reference` (its returned dict ``r``) with an optional planted
     ``slip`` (a key of ``TSSA_BACKWARD_SLIPS``). Returns (dx, grads)."""
-    w, w_sq, pi, pi_bar, pi_sum, c = r["w"], r["w_sq"], r["pi"], r["pi_bar"], r["pi_sum"], r["c"]
+    w, w_sq, pi, pi_bar, pi_sum, g = r["w"], r["w_sq"], r["pi"], r["pi_bar"], r["pi_sum"], r["g"]
     B, H, n, p = w.shape
     D = H * p
-    two_s = 1.0 if slip in ("missing_two", "missing_two_stats") else 2.0  # d(w²)/dw in s
+    two_s = 1.0 if slip in ("missing_two", "missing_two_stats") else 2.0  # d(w²)/dw in y
     two_a = 1.0 if slip in ("missing_two", "missing_two_scores") else 2.0  # ... in the scores
     sign = 1.0 if slip == "sign" else -1.0
 
@@ -274,18 +275,18 @@ def tssa_backward_reference(dout, r, slip=None):
         m = inp.reshape(-1, inp.shape[-1]).T @ g.reshape(-1, g.shape[-1])
         return m.T if slip == "transposed_dW" else m
 
-    grads = {"proj.bias": dout.reshape(-1, D).sum(axis=0), "proj.weight": dW(r["y_flat"], dout)}
-    dy = (dout @ r["Wo"].T).reshape(B, n, H, p).transpose(0, 2, 1, 3)  # (B, H, n, p)
-    cc = c[:, :, None, :]  # (B, H, 1, p)
-    dw = sign * pi[..., None] * cc * dy
-    dpi = sign * (w * cc * dy).sum(axis=3)  # (B, H, n)
-    dc = sign * (pi[..., None] * w * dy).sum(axis=2)  # (B, H, p)
-    ds = -(c * c) * dc
+    grads = {"proj.bias": dout.reshape(-1, D).sum(axis=0), "proj.weight": dW(r["v_flat"], dout)}
+    dv = (dout @ r["Wo"].T).reshape(B, n, H, p).transpose(0, 2, 1, 3)  # (B, H, n, p)
+    gg = g[:, :, None, :]  # (B, H, 1, p)
+    dw = sign * pi[..., None] * gg * dv
+    dpi = sign * (w * gg * dv).sum(axis=3)  # (B, H, n)
+    dg = sign * (pi[..., None] * w * dv).sum(axis=2)  # (B, H, p)
+    dy = -(g * g) * dg
     if slip == "stats_constant":
-        ds = np.zeros_like(ds)
-    # s = sum_j pi_bar_j w_j^2
-    dpi_bar = np.einsum("bhnp,bhp->bhn", w_sq, ds)
-    dw += two_s * ds[:, :, None, :] * pi_bar[..., None] * w
+        dy = np.zeros_like(dy)
+    # y = sum_j pi_bar_j w_j^2
+    dpi_bar = np.einsum("bhnp,bhp->bhn", w_sq, dy)
+    dw += two_s * dy[:, :, None, :] * pi_bar[..., None] * w
     # pi_bar = pi / (sum_j pi + eps)
     dpi = dpi + dpi_bar / pi_sum
     if slip != "pi_sum_constant":
@@ -316,23 +317,23 @@ TSSA_BACKWARD_SLIPS = {
     "softmax_backward_axis": ("the softmax backward over the wrong axis",
                               "the softmax runs over the heads (axis 1): dz = Π ⊙ (dΠ − Σ_h Π "
                               "dΠ) with the sum over axis 1, not over the tokens."),
-    "stats_constant": ("s treated as a constant", "s depends on w and on Π: backpropagate ds = "
-                       "−c² dc (c = 1/(1 + s)) into both."),
+    "stats_constant": ("y treated as a constant", "the statistics y depend on w and on Π: "
+                       "backpropagate dy = −g² dg (g = 1/(1 + y)) into both."),
     "pi_sum_constant": ("Σ_j Π_hj treated as a constant", "the weights Π_hj / (Σ_j' Π_hj' + "
                         "1e-8) are a quotient: the denominator depends on Π too."),
     "norm_constant": ("the column norm treated as a constant", "ŵ = w / ‖w_{·,i}‖ and the norm "
                       "depends on w: add the path through the norm (d‖w‖/dw = w/‖w‖)."),
-    "missing_two": ("a missing 2 in d(w²)/dw", "d(w²)/dw = 2w, both in s and in the scores."),
-    "missing_two_stats": ("a missing 2 in d(w²)/dw on the path through s", "s = Σ_j Π̄_j w_j²,"
-                          " so ds reaches w as 2 Π̄ w ds: the 2 from the square is missing "
+    "missing_two": ("a missing 2 in d(w²)/dw", "d(w²)/dw = 2w, both in y and in the scores."),
+    "missing_two_stats": ("a missing 2 in d(w²)/dw on the path through y", "y = Σ_j Π̄_j w_j²,"
+                          " so dy reaches w as 2 Π̄ w dy: the 2 from the square is missing "
                           "there (the path through the scores has it)."),
     "missing_two_scores": ("a missing 2 in d(w²)/dw on the path through the scores", "the "
                            "scores hold w²/‖w‖², so da reaches w as 2 w da / ‖w‖²: the 2 "
-                           "from the square is missing there (the path through s has it)."),
-    "transposed_dW": ("a transposed weight gradient", "for y = x W: dW = xᵀ dy (shape (D_in, "
+                           "from the square is missing there (the path through y has it)."),
+    "transposed_dW": ("a transposed weight gradient", "for u = x W: dW = xᵀ du (shape (D_in, "
                       "D_out)), not dyᵀ x."),
-    "sign": ("the minus sign of y = −Π w / (1 + s) is lost", "every gradient that flows "
-             "through y carries the minus sign."),
+    "sign": ("the minus sign of v = −Π w / (1 + y) is lost", "every gradient that flows "
+             "through v carries the minus sign."),
 }  # fmt: skip
 
 
@@ -340,7 +341,7 @@ TSSA_BACKWARD_SLIPS = {
 # the upstream gradient), looked up in the reference's dict after its backward has run.
 _PARAMS = {
     "proj.bias": (None, "dout"),
-    "proj.weight": ("y_flat", "dout"),
+    "proj.weight": ("v_flat", "dout"),
     "qkv.bias": (None, "dw_flat"),
     "qkv.weight": ("x", "dw_flat"),
 }
