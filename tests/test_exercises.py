@@ -317,12 +317,16 @@ PLANTED += [
      "check_tssa_backward", "a missing 2 in d(w²)/dw on the path through the scores"),
     # an axis or batch slip in a parameter gradient
     ("06_tssa_backward.ipynb", [('grads["proj.bias"] = dout.sum(axis=(0, 1))', 'grads["proj.bias"] = dout.sum(axis=0)')],
-     "check_tssa_backward", "a bias gradient summed over the wrong axes"),
+     "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
     ("06_tssa_backward.ipynb", [('grads["qkv.bias"] = dw_flat.sum(axis=(0, 1))', 'grads["qkv.bias"] = dw_flat.sum(axis=1)')],
-     "check_tssa_backward", "a bias gradient summed over the wrong axes"),
+     "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
     ("06_tssa_backward.ipynb", [('x.reshape(-1, D).T @ dw_flat.reshape(-1, D)', 'x[0].T @ dw_flat[0]')],
      "check_tssa_backward", "a parameter gradient from one batch element only"),
     ("06_tssa_backward.ipynb", [('cache["v_flat"].reshape(-1, D).T @ dout.reshape(-1, D)', 'cache["v_flat"][0].T @ dout[0]')],
+     "check_tssa_backward", "a parameter gradient from one batch element only"),
+    ("06_tssa_backward.ipynb", [('(dz * cache["a"]).sum(axis=(0, 2))[:, None]', '(dz * cache["a"]).sum(axis=(0, 1))[:, None]')],
+     "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
+    ("06_tssa_backward.ipynb", [('(dz * cache["a"]).sum(axis=(0, 2))[:, None]', '(dz * cache["a"])[0].sum(axis=1)[:, None]')],
      "check_tssa_backward", "a parameter gradient from one batch element only"),
     # task 2: wrong answers that used to pass
     ("04_tssa_step_membership.ipynb", [("scores -= scores.max(axis=1, keepdims=True)", "pass")],

@@ -295,7 +295,8 @@ def tssa_backward_reference(dout, r, slip=None):
     dz = pi * (dpi - (dpi * pi).sum(axis=axis, keepdims=True))
     if slip == "pi_constant":
         dz = np.zeros_like(dz)
-    grads["temp"] = (dz * r["a"]).sum(axis=(0, 2))[:, None]  # (H, 1)
+    r["dz_a"] = dz * r["a"]  # (B, H, n): the terms of d temp, for the slip detectors
+    grads["temp"] = r["dz_a"].sum(axis=(0, 2))[:, None]  # (H, 1)
     da = dz * r["temp"]  # (B, H, n)
     denom = r["denom"]
     dw += two_a * da[..., None] * w / denom**2
@@ -337,9 +338,11 @@ TSSA_BACKWARD_SLIPS = {
 }  # fmt: skip
 
 
-# Parameter gradients: (gradient key, the forward input it multiplies, or None for a bias,
-# the upstream gradient), looked up in the reference's dict after its backward has run.
+# Parameter gradients: (gradient key, the forward input it multiplies, or None for a bias, or
+# "temp" for the temperatures, the upstream gradient), looked up in the reference's dict
+# after its backward has run.
 _PARAMS = {
+    "temp": ("temp", "dz_a"),
     "proj.bias": (None, "dout"),
     "proj.weight": ("v_flat", "dout"),
     "qkv.bias": (None, "dw_flat"),
@@ -353,6 +356,11 @@ def _param_slip(kind):
 
     def wrong_versions(inp, g):
         B = g.shape[0]
+        if isinstance(inp, str):  # temp (H, 1): the right sum is over the batch and the tokens
+            if kind == "bias_axis":
+                return [g.sum(axis=(0, 1)), g.sum(axis=2), g.sum(axis=(1, 2)), g.sum(),
+                        g.sum(axis=0), g.mean(axis=(0, 2))]  # fmt: skip
+            return [g[0].sum(axis=1)] if B > 1 else [g.sum(axis=(0, 2))]
         if inp is None:  # a bias: the right sum is over the batch and the tokens (axes 0, 1)
             if kind == "bias_axis":
                 return [g.sum(axis=0), g.sum(axis=1), g.sum(axis=2), g.sum(axis=(1, 2)),
@@ -372,7 +380,7 @@ def _param_slip(kind):
                 return False
             if compare(grads[key], got[key], TOL, FLOOR)[0]:
                 continue
-            g, x = r[up], (None if inp is None else r[inp])
+            g, x = r[up], (inp if inp in (None, "temp") else r[inp])
             if not any(compare(v, got[key], TOL, FLOOR)[0] for v in wrong_versions(x, g)):
                 return False
             slipped = True
@@ -383,10 +391,11 @@ def _param_slip(kind):
 
 
 PARAM_SLIPS = {
-    "bias_axis": ("a bias gradient summed over the wrong axes", "a bias is added to every "
-                  "token of every batch element, so its gradient sums the upstream gradient "
-                  "over the batch and the tokens: g.sum(axis=(0, 1)) of a (B, n, D) array, "
-                  "shape (D,)."),
+    "bias_axis": ("a bias or temperature gradient summed over the wrong axes", "a bias is "
+                  "added to every token of every batch element, so its gradient sums the "
+                  "upstream gradient over the batch and the tokens: g.sum(axis=(0, 1)) of a "
+                  "(B, n, D) array, shape (D,); likewise d temp sums dz ⊙ a over the batch and "
+                  "the tokens (axes 0 and 2 of (B, H, n)), shape (H, 1)."),
     "batch_one": ("a parameter gradient from one batch element only", "the parameters are "
                   "shared by the whole batch: sum over every batch element (reshape to "
                   "(B·n, D) before xᵀ @ g, or sum over axes 0 and 1 for a bias)."),
