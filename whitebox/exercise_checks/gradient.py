@@ -16,9 +16,8 @@ def _var_grad(Z, Pi, U, eps, *, inv_n=True, per_nk=False, half=False, numerator=
     d, n = Z.shape
     if hard:
         Pi = _hard(Pi)
-    c = {"d": d, "p": U.shape[2], "1": 1.0}[c_dim] / eps**eps_power
-    if c_dim == "1":  # the scale dropped altogether: log(1 + y)
-        c = 1.0
+    # c = d/eps^2 (right), p/eps^2, or 1 (the scale dropped altogether: log(1 + y))
+    c = 1.0 if c_dim == "1" else {"d": d, "p": U.shape[2]}[c_dim] / eps**eps_power
     y = _stats(Z, Pi, U)
     D = (c if numerator else 1.0) / (1 + c * y)  # (K, p)
     UtZ = np.einsum("kpd,dn->kpn", U, Z) if transpose_U else np.einsum("kdp,dn->kpn", U, Z)

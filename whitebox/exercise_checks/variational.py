@@ -43,9 +43,9 @@ def _var_rate(Z, Pi, U, eps, *, half=0.5, eps_power=2, weight="n_k/n", scale_n=F
     d, n = Z.shape
     y = _stats(Z, Pi, U, **kw)
     K, p = y.shape
-    c = {"d": d, "p": p, "1": 1.0}[c_dim] / eps**eps_power / (n if scale_n else 1)
-    if c_dim == "1":  # the scale dropped altogether: log(1 + y)
-        c = 1.0
+    # c = d/eps^2 (right), p/eps^2, or 1 (the scale dropped altogether: log(1 + y))
+    c = 1.0 if c_dim == "1" else {"d": d, "p": p}[c_dim] / eps**eps_power
+    c = c / (n if scale_n else 1)
     nk = (_hard(Pi) if kw.get("hard") else Pi).sum(axis=0)
     per = np.log1p(c * y)  # (K, p)
     per = per.mean(axis=1) if mean_coords else per.sum(axis=1)  # (K,)
