@@ -11,6 +11,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -33,7 +34,11 @@ NAMES = [
     "06_tssa_backward.ipynb",
     "07_causal_tssa.ipynb",
     "08_complexity.ipynb",
+    "09_unrolled_questions.ipynb",
+    "10_training_questions.ipynb",
 ]
+#: Reasoning questions (CS231n's inline questions): no function to write, written answers only.
+QUESTIONS = ["09_unrolled_questions.ipynb", "10_training_questions.ipynb"]
 PRESENT = [n for n in NAMES if (SOLUTIONS / n).exists()]
 
 
@@ -123,7 +128,7 @@ def test_learner_copies_are_up_to_date():
 # ----------------------------------------------------------------------------- solutions
 
 
-@pytest.mark.parametrize("name", PRESENT)
+@pytest.mark.parametrize("name", [n for n in PRESENT if n not in QUESTIONS])
 def test_solution_passes_its_checkers(name):
     nb = nbformat.read(SOLUTIONS / name, as_version=4)
     statements = _checker_statements(nb)
@@ -195,22 +200,143 @@ PLANTED = [
      "check_tssa_forward", "a forgotten 1e-12 floor"),
     ("05_tssa_forward.ipynb", [("w.reshape(B, n, H, p).transpose(0, 2, 1, 3)", "w.reshape(B, H, n, p)")],
      "check_tssa_forward", "heads split without the transpose"),
-    ("06_tssa_backward.ipynb", [('cache["y_flat"].reshape(-1, D).T @ dout.reshape(-1, D)',
-                                 'dout.reshape(-1, D).T @ cache["y_flat"].reshape(-1, D)')],
+    ("06_tssa_backward.ipynb", [('cache["v_flat"].reshape(-1, D).T @ dout.reshape(-1, D)',
+                                 'dout.reshape(-1, D).T @ cache["v_flat"].reshape(-1, D)')],
      "check_tssa_backward", "a transposed weight gradient"),
     ("06_tssa_backward.ipynb", [("(dpi * pi).sum(axis=1, keepdims=True)", "(dpi * pi).sum(axis=2, keepdims=True)")],
      "check_tssa_backward", "the softmax backward over the wrong axis"),
     ("06_tssa_backward.ipynb", [("dw += dnorm * w / denom", "dw += 0 * dnorm")],
      "check_tssa_backward", "the column norm treated as a constant"),
-    ("06_tssa_backward.ipynb", [("ds = -(c**2) * dc", "ds = 0 * dc")],
-     "check_tssa_backward", "s treated as a constant"),
+    ("06_tssa_backward.ipynb", [("dy = -(g**2) * dg", "dy = 0 * dg")],
+     "check_tssa_backward", "y treated as a constant"),
     ("07_causal_tssa.ipynb", [("np.cumsum(pi[..., None] * w_sq, axis=2)", "(pi[..., None] * w_sq).sum(axis=2, keepdims=True)"),
                               ("np.cumsum(pi, axis=2) + 1e-8", "pi.sum(axis=2, keepdims=True) + 1e-8")],
-     "check_causal_tssa_forward", "the statistics s see the future"),
+     "check_causal_tssa_forward", "the statistics y see the future"),
     ("07_causal_tssa.ipynb", [("+ p * beta", "+ beta")],
      "check_causal_tssa_forward", "β added once instead of once per feature"),
     ("08_complexity.ipynb", [("np.polyfit(np.log(ns), np.log(times), 1)", "np.polyfit(ns, times, 1)")],
      "check_fit_exponent", "a fit of t against n"),
+]  # fmt: skip
+
+# The slips students really make (issue 11): each planted here must fail AND be named.
+PLANTED += [
+    # a wrong logarithm base
+    ("01_coding_rate.ipynb", [("return 0.5 * logdet", "return 0.5 * np.log2(np.linalg.det(A))")],
+     "check_coding_rate", "the logarithm in base 2 instead of the natural one"),
+    ("01_coding_rate.ipynb", [("total += n_k / (2 * n) * logdet", "total += n_k / (2 * n) * logdet / np.log(10)")],
+     "check_compression_rate", "the logarithm in base 10 instead of the natural one"),
+    ("02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log2(1 + d / eps**2 * y)")],
+     "check_variational_compression_rate", "the logarithm in base 2 instead of the natural one"),
+    # a centred covariance, or 1/(n - 1)
+    ("01_coding_rate.ipynb", [("A = np.eye(d) + d / (n * eps**2) * (Z @ Z.T)",
+                               "Zc = Z - Z.mean(axis=1, keepdims=True)\n    A = np.eye(d) + d / (n * eps**2) * (Zc @ Zc.T)")],
+     "check_coding_rate", "a centred covariance"),
+    ("01_coding_rate.ipynb", [("d / (n * eps**2) * (Z @ Z.T)", "d / eps**2 * np.cov(Z)")],
+     "check_coding_rate", "np.cov (centred, and 1/(n − 1))"),
+    ("01_coding_rate.ipynb", [("d / (n * eps**2)", "d / ((n - 1) * eps**2)")],
+     "check_coding_rate", "1/(n − 1) instead of 1/n"),
+    ("01_coding_rate.ipynb", [("cov = (Z * pi_k) @ Z.T", "Zc = Z - (Z @ pi_k / n_k)[:, None]\n        cov = (Zc * pi_k) @ Zc.T")],
+     "check_compression_rate", "a centred group covariance"),
+    ("01_coding_rate.ipynb", [("d / (n_k * eps**2)", "d / ((n_k - 1) * eps**2)")],
+     "check_compression_rate", "1/(n_k − 1) instead of 1/n_k"),
+    ("02_variational_compression.ipynb", [('return np.einsum("kpn,nk->kp", UtZ**2, Pi) / n_k[:, None]',
+                                           'UtZ = UtZ - (np.einsum("kpn,nk->kp", UtZ, Pi) / n_k[:, None])[:, :, None]\n'
+                                           '    return np.einsum("kpn,nk->kp", UtZ**2, Pi) / n_k[:, None]')],
+     "check_token_statistics", "a centred second moment"),
+    # hard argmax groups instead of the soft Π
+    ("01_coding_rate.ipynb", [("pi_k = Pi[:, k]  # (n,)", "pi_k = (Pi.argmax(axis=1) == k).astype(float)")],
+     "check_compression_rate", "hard groups (the argmax of Π) instead of the soft Π"),
+    ("02_variational_compression.ipynb", [('UtZ = np.einsum("kdp,dn->kpn", U, Z)  # (K, p, n): U_k^T Z for every k',
+                                           'Pi = np.eye(Pi.shape[1])[Pi.argmax(axis=1)]\n    UtZ = np.einsum("kdp,dn->kpn", U, Z)')],
+     "check_token_statistics", "hard groups (the argmax of Π) instead of the soft Π"),
+    ("03_gradient.ipynb", [('y = np.einsum("kpn,nk->kp", UtZ**2, Pi)',
+                            'Pi = np.eye(Pi.shape[1])[Pi.argmax(axis=1)]\n    y = np.einsum("kpn,nk->kp", UtZ**2, Pi)')],
+     "check_variational_compression_grad", "hard groups (the argmax of Π) instead of the soft Π"),
+    ("04_tssa_step_membership.ipynb", [("return e / e.sum(axis=1, keepdims=True)",
+                                        "return (scores == scores.max(axis=1, keepdims=True)).astype(float)")],
+     "check_estimate_membership", "a hard argmax instead of the softmax"),
+    ("05_tssa_forward.ipynb", [("pi = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)",
+                                "pi = (scores == scores.max(axis=1, keepdims=True)).astype(float)")],
+     "check_tssa_forward", "a hard argmax instead of the softmax"),
+    # weights 1/K instead of n_k/n
+    ("01_coding_rate.ipynb", [("total += n_k / (2 * n) * logdet", "total += 1 / (2 * Pi.shape[1]) * logdet")],
+     "check_compression_rate", "weights 1/K instead of n_k/n"),
+    ("02_variational_compression.ipynb", [("np.sum(n_k / (2 * n) * per_group)", "np.sum(1 / (2 * len(n_k)) * per_group)")],
+     "check_variational_compression_rate", "weights 1/K instead of n_k/n"),
+    ("03_gradient.ipynb", [('np.einsum("kdp,kpn->dn", U, W) / n', 'np.einsum("kdp,kpn->dn", U, W / (U.shape[0] * Pi.sum(axis=0)[:, None, None]))')],
+     "check_variational_compression_grad", "weights 1/K instead of n_k/n"),
+    # c = p/ε² instead of d/ε², or the scale dropped
+    ("02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log1p(y.shape[1] / eps**2 * y)")],
+     "check_variational_compression_rate", "c = p/ε² instead of d/ε²"),
+    ("02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log1p(y)")],
+     "check_variational_compression_rate", "the scale d/ε² is missing"),
+    ("03_gradient.ipynb", [("c = d / eps**2", "c = U.shape[2] / eps**2")],
+     "check_variational_compression_grad", "c = p/ε² instead of d/ε²"),
+    ("04_tssa_step_membership.ipynb", [("c = d / eps**2", "c = U.shape[2] / eps**2")],
+     "check_tssa_step", "c = p/ε² instead of d/ε²"),
+    # a mean instead of a sum over coordinates
+    ("02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y).sum(axis=1)", "np.log1p(d / eps**2 * y).mean(axis=1)")],
+     "check_variational_compression_rate", "a mean over the coordinates instead of a sum"),
+    ("05_tssa_forward.ipynb", [("(w_hat**2).sum(axis=3)", "(w_hat**2).mean(axis=3)")],
+     "check_tssa_forward", "a mean over the features instead of a sum in the scores"),
+    # 1/n instead of 1/n_k
+    ("05_tssa_forward.ipynb", [("weights = pi / (pi.sum(axis=2, keepdims=True) + 1e-8)", "weights = pi / n")],
+     "check_tssa_forward", "1/n instead of 1/Σ_j Π_hj in the statistics"),
+    ("07_causal_tssa.ipynb", [("den = np.cumsum(pi, axis=2) + 1e-8", "den = np.arange(1.0, T + 1)")],
+     "check_causal_tssa_forward", "the token count t + 1 instead of Σ_{t' ≤ t} Π"),
+    # τ/n applied twice
+    ("04_tssa_step_membership.ipynb", [("return Z - tau * update", "return Z - tau / n * update")],
+     "check_tssa_step", "τ/n applied twice"),
+    # a temperature that divides instead of multiplies (or the reverse)
+    ("04_tssa_step_membership.ipynb", [("/ (2 * eta)", "* eta")],
+     "check_estimate_membership", "η multiplies instead of divides"),
+    ("05_tssa_forward.ipynb", [('scores = params["temp"] * (w_hat**2).sum(axis=3)', 'scores = (w_hat**2).sum(axis=3) / params["temp"]')],
+     "check_tssa_forward", "the temperature divides instead of multiplies"),
+    ("07_causal_tssa.ipynb", [('scores = params["temp"] * ((w_sq / r).sum(axis=3) + p * beta)',
+                               'scores = ((w_sq / r).sum(axis=3) + p * beta) / params["temp"]')],
+     "check_causal_tssa_forward", "the temperature divides instead of multiplies"),
+    # a missing bias
+    ("05_tssa_forward.ipynb", [('w = x @ params["qkv.weight"] + params["qkv.bias"]', 'w = x @ params["qkv.weight"]')],
+     "check_tssa_forward", "the bias b_qkv is missing"),
+    ("05_tssa_forward.ipynb", [('out = v_flat @ params["proj.weight"] + params["proj.bias"]', 'out = v_flat @ params["proj.weight"]')],
+     "check_tssa_forward", "the output bias b_out is missing"),
+    ("07_causal_tssa.ipynb", [('out = v_flat @ params["proj.weight"] + params["proj.bias"]', 'out = v_flat @ params["proj.weight"]')],
+     "check_causal_tssa_forward", "the output bias b_out is missing"),
+    ("07_causal_tssa.ipynb", [("+ p * beta", "")],
+     "check_causal_tssa_forward", "the bias β (denom_bias) is missing"),
+    # an exclusive prefix in the causal statistics
+    ("07_causal_tssa.ipynb", [("np.cumsum(pi[..., None] * w_sq, axis=2)", "np.cumsum(pi[..., None] * w_sq, axis=2) - pi[..., None] * w_sq"),
+                              ("np.cumsum(pi, axis=2) + 1e-8", "np.cumsum(pi, axis=2) - pi + 1e-8")],
+     "check_causal_tssa_forward", "an exclusive prefix in the statistics y"),
+    ("07_causal_tssa.ipynb", [("np.maximum(np.cumsum(w_sq, axis=2), 1e-12)", "np.maximum(np.cumsum(w_sq, axis=2) - w_sq, 1e-12)")],
+     "check_causal_tssa_forward", "an exclusive prefix in the normalizer r"),
+    # a factor 2 missing on one path of the backward
+    ("06_tssa_backward.ipynb", [("dw += 2 * dy[:, :, None, :]", "dw += dy[:, :, None, :]")],
+     "check_tssa_backward", "a missing 2 in d(w²)/dw on the path through y"),
+    ("06_tssa_backward.ipynb", [("dw += 2 * da[..., None]", "dw += da[..., None]")],
+     "check_tssa_backward", "a missing 2 in d(w²)/dw on the path through the scores"),
+    # an axis or batch slip in a parameter gradient
+    ("06_tssa_backward.ipynb", [('grads["proj.bias"] = dout.sum(axis=(0, 1))', 'grads["proj.bias"] = dout.sum(axis=0)')],
+     "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
+    ("06_tssa_backward.ipynb", [('grads["qkv.bias"] = dw_flat.sum(axis=(0, 1))', 'grads["qkv.bias"] = dw_flat.sum(axis=1)')],
+     "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
+    ("06_tssa_backward.ipynb", [('x.reshape(-1, D).T @ dw_flat.reshape(-1, D)', 'x[0].T @ dw_flat[0]')],
+     "check_tssa_backward", "a parameter gradient from one batch element only"),
+    ("06_tssa_backward.ipynb", [('cache["v_flat"].reshape(-1, D).T @ dout.reshape(-1, D)', 'cache["v_flat"][0].T @ dout[0]')],
+     "check_tssa_backward", "a parameter gradient from one batch element only"),
+    ("06_tssa_backward.ipynb", [('(dz * cache["a"]).sum(axis=(0, 2))[:, None]', '(dz * cache["a"]).sum(axis=(0, 1))[:, None]')],
+     "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
+    ("06_tssa_backward.ipynb", [('(dz * cache["a"]).sum(axis=(0, 2))[:, None]', '(dz * cache["a"])[0].sum(axis=1)[:, None]')],
+     "check_tssa_backward", "a parameter gradient from one batch element only"),
+    # task 2: wrong answers that used to pass
+    ("04_tssa_step_membership.ipynb", [("scores -= scores.max(axis=1, keepdims=True)", "pass")],
+     "check_estimate_membership", "the max is not subtracted"),
+    ("05_tssa_forward.ipynb", [("scores = scores - scores.max(axis=1, keepdims=True)", "pass")],
+     "check_tssa_forward", "the softmax without the maximum subtracted"),
+    ("07_causal_tssa.ipynb", [("scores = scores - scores.max(axis=1, keepdims=True)", "pass")],
+     "check_causal_tssa_forward", "the softmax without the maximum subtracted"),
+    ("03_gradient.ipynb", [("    grad = np.zeros_like(Z)\n", "    h = 1e-5  # the slip: the argument is shadowed\n    grad = np.zeros_like(Z)\n")],
+     "check_numerical_gradient", "the step h is ignored"),
 ]  # fmt: skip
 
 
@@ -300,7 +426,7 @@ def test_checker_references_equal_the_library():
     from whitebox import nn
     from whitebox.gradcheck import rel_error
 
-    for case in ec._tssa_cases(501):
+    for case in ec.tssa_layer._tssa_cases(501):
         x, params = case.args["x"], case.args["params"]
         out, cache = nn.tssa_forward(x, params)
         ref = ec.tssa_reference(x, params)
@@ -310,7 +436,7 @@ def test_checker_references_equal_the_library():
         dx_ref, grads_ref = ec.tssa_backward_reference(dout, ref)
         assert rel_error(dx, dx_ref) < 1e-10
         assert all(rel_error(grads[k], grads_ref[k]) < 1e-10 for k in ec.GRAD_KEYS)
-    for case in ec._causal_cases(701):
+    for case in ec.causal._causal_cases(701):
         x, params = case.args["x"], case.args["params"]
         out, cache = nn.causal_tssa_forward(x, params)
         ref = ec.causal_tssa_reference(x, params)
@@ -318,8 +444,6 @@ def test_checker_references_equal_the_library():
 
 
 def test_time_call_checker(capsys):
-    import time
-
     def best(f, repeats=5):
         times = []
         for _ in range(repeats):
@@ -337,6 +461,42 @@ def test_time_call_checker(capsys):
     ]
     assert not ec.check_time_call(lambda f, repeats=5: best(f, 1))  # too few calls
     assert "Likely slip" in capsys.readouterr().out
+
+
+def _timings(f, repeats):
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+@pytest.mark.parametrize(
+    "statistic, slip",
+    [
+        (lambda t: float(np.mean(t)), "the mean instead of the best time"),
+        (lambda t: float(np.median(t)), "the median instead of the best time"),
+        (max, "the slowest call instead of the best"),
+        (lambda t: t[-1], "the last call's time instead of the best"),
+        (sum, "the total instead of the best time"),
+    ],
+    ids=["mean", "median", "max", "last", "total"],
+)
+def test_time_call_names_the_statistic_it_returned(statistic, slip, capsys):
+    """A timer that returns the mean, the median, ... of its repeats instead of the best."""
+    result = ec.check_time_call(lambda f, repeats=5: statistic(_timings(f, repeats)))
+    out = capsys.readouterr().out
+    assert not result and result.slips == [slip], out
+    assert f"Likely slip: {slip}" in out
+
+
+def test_time_call_accepts_a_warm_up_call():
+    def with_warm_up(f, repeats=5):
+        f()  # a warm-up call, not timed
+        return min(_timings(f, repeats))
+
+    assert ec.check_time_call(with_warm_up)
 
 
 def _spec(name):
@@ -362,7 +522,9 @@ def test_every_slip_differs_from_the_right_answer(name):
                 continue  # e.g. a transposed U that does not fit a p < d case
             right = spec.reference(case)
             differs |= any(
-                not ec._compare(right[q], wrong[q], spec.tol, spec.floor, spec.relative_floor)[0]
+                not ec.core.compare(right[q], wrong[q], spec.tol, spec.floor, spec.relative_floor)[
+                    0
+                ]
                 for q in wrong
             )
         assert differs, f"{name}: the slip {slip.name!r} is indistinguishable from the answer"
@@ -394,6 +556,40 @@ def test_build_rejects_unbalanced_markers(source):
         build.strip_regions(source, build.CODE_STUB, "test")
 
 
+@pytest.mark.parametrize("name", QUESTIONS)
+def test_question_notebook_has_questions_with_model_answers(name):
+    """3 to 5 questions, each followed by a "Your answer:" cell whose model answer is a
+    solution region; the learner copy keeps the question and the blank answer only."""
+    solution = nbformat.read(SOLUTIONS / name, as_version=4)
+    learner = nbformat.read(EXERCISES / name, as_version=4)
+    cells = solution.cells
+    questions = [
+        i for i, c in enumerate(cells) if c.cell_type == "markdown" and "**Question" in c.source
+    ]
+    assert 3 <= len(questions) <= 5, questions
+    for i in questions:
+        answer = cells[i + 1]
+        assert answer.cell_type == "markdown" and answer.source.startswith("**Your answer:**")
+        assert build.BEGIN in answer.source and "**Model answer.**" in answer.source
+    assert not any(build.BEGIN in c.source for c in cells if c.cell_type == "code")
+    text = "\n".join(c.source for c in learner.cells)
+    assert "Model answer" not in text and "check_claim(" not in text
+    assert text.count("**Your answer:**\n\n" + build.MARKDOWN_STUB) == len(questions)
+    # every question is about something the notebook computes: a code cell right above it
+    for i in questions:
+        assert any(c.cell_type == "code" for c in cells[max(0, i - 2) : i]), i
+
+
+@pytest.mark.parametrize("name", QUESTIONS)
+def test_question_notebook_checks_the_numbers_of_its_model_answers(name):
+    """The solution's cells that check the model answers' numbers run and raise nothing
+    (whitebox.analysis.check_claim raises when a claim fails)."""
+    nb = nbformat.read(SOLUTIONS / name, as_version=4)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out.output_type != "error", out
+
+
 @pytest.mark.parametrize("name", PRESENT)
 def test_learner_copy_keeps_no_solution(name):
     solution = nbformat.read(SOLUTIONS / name, as_version=4)
@@ -403,6 +599,15 @@ def test_learner_copy_keeps_no_solution(name):
     assert "solution-only" not in str([c.metadata for c in learner.cells])
     stubs = text.count("raise NotImplementedError")
     regions = sum(c.source.count(build.BEGIN) for c in solution.cells if c.cell_type == "code")
+    if name in QUESTIONS:  # written answers only
+        markdown = "\n".join(c.source for c in learner.cells if c.cell_type == "markdown")
+        answers = sum(
+            c.source.count(build.BEGIN)
+            for c in solution.cells
+            if build.SOLUTION_ONLY_TAG not in c.metadata.get("tags", [])
+        )
+        assert stubs == regions == 0 and markdown.count(build.MARKDOWN_STUB) == answers > 0
+        return
     assert stubs == regions > 0
 
 

@@ -1,0 +1,153 @@
+"""Exercise 08: a timer and a fitted exponent, for the cost against the number of tokens."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .core import Case, CheckResult, Slip, Spec, _where_raised, run_check
+
+#: How long the checker's test function sleeps, call after call (cycling): the best, the
+#: median, the mean, the total and the slowest call all differ by a factor 1.6 or more.
+TIME_CALL_SLEEPS = (0.030, 0.005, 0.012, 0.060, 0.008)
+
+#: What a timer may return instead of the best time: (slip name, hint), by statistic.
+TIME_CALL_SLIPS = {
+    "median": ("the median instead of the best time", "return the smallest of the repeated "
+               "measurements (min), the least disturbed one, not the median."),
+    "mean": ("the mean instead of the best time", "return the smallest of the repeated "
+             "measurements (min), not their mean: the mean includes every disturbance."),
+    "total": ("the total instead of the best time", "return the best single call (the minimum "
+              "over the repeats), the least disturbed measurement, not the sum."),
+    "max": ("the slowest call instead of the best", "min, not max: the smallest time is the "
+            "least disturbed one."),
+    "last": ("the last call's time instead of the best", "keep the smallest time over the "
+             "loop (best = min(best, t)) instead of overwriting it at every repeat."),
+}  # fmt: skip
+
+
+def check_time_call(time_call) -> CheckResult:
+    """Check ``time_call(f, repeats)`` -> the best (smallest) wall time of one call of ``f``, in
+    seconds (exercise 08). Uses a function whose calls sleep for different times
+    (``TIME_CALL_SLEEPS``) and measures each call itself, so that the best time can be told
+    apart from the median, the mean, the total, the slowest and the last call."""
+    name = "time_call"
+    ms = ", ".join(f"{1e3 * t:g}" for t in TIME_CALL_SLEEPS)
+    lines = [f"Checking time_call(f, repeats) with repeats=5 on a function whose calls sleep "
+             f"{ms} ms in turn."]  # fmt: skip
+    durations: list[float] = []
+
+    def f():
+        start = time.perf_counter()
+        time.sleep(TIME_CALL_SLEEPS[len(durations) % len(TIME_CALL_SLEEPS)])
+        durations.append(time.perf_counter() - start)
+
+    def finish(status, **kw):
+        r = CheckResult(name, status, **kw)
+        r.message = "\n".join(lines)
+        print(r.message)
+        return r
+
+    try:
+        t = time_call(f, 5)
+    except NotImplementedError:
+        lines[:] = [
+            f"… {name}: not implemented yet (it raises NotImplementedError). "
+            "Replace the TODO with your code, run that cell, then run this one again."
+        ]
+        return finish("not implemented")
+    except Exception as exc:
+        where = _where_raised(time_call, exc)
+        lines.append(
+            f"✗ {name} raised {type(exc).__name__}: {exc}" + (f", {where}" if where else "")
+        )
+        return finish("error")
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        lines.append(f"✗ {name} should return a number of seconds, got {type(t).__name__}.")
+        return finish("wrong", quantity="time")
+    n = len(durations)
+    if n < 5:
+        lines.append(f"✗ f was called {n} times: call it `repeats` = 5 times (or more).")
+        return finish("wrong", quantity="calls")
+    d = np.array(durations)
+    candidates = {"best": d.min(), "median": float(np.median(d)), "mean": d.mean(),
+                  "total": d.sum(), "max": d.max(), "last": d[-1]}  # fmt: skip
+    if not (math.isfinite(t) and t > 0):
+        lines.append(f"✗ the time should be a positive number of seconds, got {t!r}.")
+        return finish("wrong", quantity="time")
+    in_ms = any(abs(math.log(t / (1e3 * c))) < 0.25 for c in candidates.values())
+    if in_ms or t > 100 * d.sum():
+        lines.append(
+            f"✗ the time ({t:.3g}) is far too long for {n} calls that took {d.sum():.3g} s in "
+            "all.\n  Likely slip: milliseconds instead of seconds. Return seconds, as "
+            "time.perf_counter() gives them."
+        )
+        return finish("wrong", quantity="time", slips=["milliseconds instead of seconds"])
+    if t < 0.99 * d.min():
+        lines.append(
+            f"✗ the time is shorter than the shortest call of f ({1e3 * TIME_CALL_SLEEPS[1]:g} "
+            "ms of sleep): is the call to f between the two readings of time.perf_counter()?"
+        )
+        return finish("wrong", quantity="time")
+    nearest = min(candidates, key=lambda k: abs(math.log(t / candidates[k])))
+    if nearest == "best" and t <= 1.25 * d.min() + 1e-3:
+        lines.append(f"✓ {name} is correct.")
+        return finish("passed")
+    if nearest in TIME_CALL_SLIPS:
+        slip, hint = TIME_CALL_SLIPS[nearest]
+        lines.append(f"✗ the time is not the best of the calls.\n  Likely slip: {slip}. "
+                     f"{hint[:1].upper() + hint[1:]}")  # fmt: skip
+        return finish("wrong", quantity="time", slips=[slip])
+    lines.append(
+        "✗ the time is not the best of the calls (nor their median, mean, total or last one)."
+        "\n  No known slip matches. Time each call separately and return the smallest."
+    )
+    return finish("wrong", quantity="time")
+
+
+def _fit_exponent_spec() -> Spec:
+    def cases():
+        rng = np.random.default_rng(801)
+        ns = np.array([64, 128, 256, 512, 1024], dtype=float)
+        noisy = 3e-6 * ns**1.3 * np.exp(0.2 * rng.standard_normal(ns.size))
+        return [
+            Case("exact power law t = 2e-7 n^2", {"ns": ns, "times": 2e-7 * ns**2}),
+            Case("noisy power law t ≈ 3e-6 n^1.3", {"ns": ns, "times": noisy}),
+        ]
+
+    def ref(c):
+        x, y = np.log(c.args["ns"]), np.log(c.args["times"])
+        return {"exponent": np.polyfit(x, y, 1)[0]}
+
+    def lin(x, y):
+        return np.polyfit(x, y, 1)[0]
+
+    def slip(f):
+        return lambda c: {"exponent": f(np.asarray(c.args["ns"]), np.asarray(c.args["times"]))}
+
+    return Spec(
+        "fit_exponent", "fit_exponent(ns, times)", "the least-squares slope of log t on log n",
+        cases, ref, quantity="exponent",
+        slips=[
+            Slip("a fit of t against n (no logarithms)", "t = c n^a is a line in log-log "
+                 "coordinates: fit log t against log n.", slip(lin)),
+            Slip("a fit of log t against n", "take the logarithm of n too.",
+                 slip(lambda n, t: lin(n, np.log(t)))),
+            Slip("the axes swapped", "fit log t (the response) against log n, not log n "
+                 "against log t.", slip(lambda n, t: lin(np.log(t), np.log(n)))),
+            Slip("a line through the origin", "fit a slope and an intercept: log t = a log n + "
+                 "log c.", slip(lambda n, t: np.sum(np.log(n) * np.log(t)) / np.sum(np.log(n) ** 2))),
+            Slip("only the first and the last point", "use every measurement: a least-squares "
+                 "fit (np.polyfit(log n, log t, 1)).",
+                 slip(lambda n, t: (np.log(t[-1]) - np.log(t[0])) / (np.log(n[-1]) - np.log(n[0])))),
+        ], shapes="ns and times are 1-d arrays of the same length; return a float",
+    )  # fmt: skip
+
+
+def check_fit_exponent(fit_exponent) -> CheckResult:
+    """Check ``fit_exponent(ns, times)`` = the least-squares slope a of log t = a log n + b."""
+    return run_check(_fit_exponent_spec(), fit_exponent)
