@@ -121,7 +121,7 @@ def third_party_imports(paths) -> set[str]:
 
 
 def test_the_library_depends_on_exactly_what_it_imports():
-    imported = third_party_imports(sorted((ROOT / "whitebox").glob("*.py"))) - OPTIONAL
+    imported = third_party_imports(sorted((ROOT / "whitebox").rglob("*.py"))) - OPTIONAL
     needed = {_normalize(DISTRIBUTION.get(n, n)) for n in imported}
     assert set(_parse(PROJECT["dependencies"])) == needed
     for heavy in ("jupyterlab", "nbval", "ipywidgets", "sympy", "pytest"):
