@@ -13,8 +13,13 @@ leaving each block, (B, N, D), and each TSSA block's membership ``Pi_l``, (B, H,
 * :func:`attention_substep`: R_c^var (with the block's own ``Pi`` and its orthonormalized head
   projections as ``U``) of the attention's LayerNorm'd input, after the attention sub-step and
   after the whole block, and the cosine of the attention's update with -grad R_c^var.
+* :func:`layer_profile`: over depth (chapter 9's six-block network), per block R_c^var and the
+  rate of the projections R_c^proj of the TSSA's input, its output and the block's output, with
+  the heads' raw, QR or polar bases, and how far each head's covariance U_k^T M_k U_k is from
+  diagonal (:func:`offdiag_share`), on training and test images (:func:`profile_report`,
+  summarized over the seeds by :func:`summarize_profile`).
 
-:func:`digits_report` applies all three to a digits checkpoint and to the same network at
+:func:`digits_report` applies the first three to a digits checkpoint and to the same network at
 initialization; :func:`summarize` turns several seeds' reports into the claims the chapters
 make, each with the number of seeds in which it held.
 """
