@@ -12,7 +12,9 @@ one BLAS thread, ``JOBS`` runs side by side):
    full training data, scored on the test data (digits) or the held-out last 10% (text).
 3. **Inside.** For the digits, the white-box measurements of chapters 8 and 9
    (``whitebox.analysis``) on every seed's trained network and on the same network at
-   initialization.
+   initialization; for the configurations in ``PROFILED`` also the layer-wise profile of
+   chapter 9 (``analysis.profile_report``: R_c^var and the heads' covariances per block, on
+   training and test images).
 
 Writes ``results/tuning.json`` and one ``results/<config>.json`` per configuration (per-seed
 values, mean, standard deviation, configuration, machine and library versions), then rewrites
@@ -23,6 +25,7 @@ by git); ``--reuse`` keeps runs that finished there before (e.g. to redo only th
     python scripts/results.py                # everything (about 30 minutes on 2 cores)
     python scripts/results.py --reuse        # only what is missing
     python scripts/results.py --only digits-tssa --reuse
+    python scripts/results.py --only digits-tost-deep   # chapter 9's six-block network
 """
 
 from __future__ import annotations
