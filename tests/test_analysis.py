@@ -92,6 +92,23 @@ def test_projected_covariances_match_the_papers_layout(B, n, d, K, p):
         analysis.projected_covariances(Z, P[:, :, :1], U)
 
 
+def test_centred_covariances_are_numpys_weighted_covariances():
+    rng = np.random.default_rng(7)
+    B, n, d, K, p = 2, 10, 5, 3, 2
+    Z = rng.normal(size=(B, n, d)) + 3.0  # a common mean, which centring removes
+    P = _soft_memberships(rng, B, n, K)
+    U = rng.normal(size=(K, d, p))
+    C, _ = analysis.projected_covariances(Z, P, U, centred=True)
+    C2, _ = analysis.projected_covariances(Z, P, U)
+    for b in range(B):
+        for k in range(K):
+            W = Z[b] @ U[k]  # (n, p)
+            want = np.cov(W.T, aweights=P[b, :, k], bias=True)
+            np.testing.assert_allclose(C[b, k], want, rtol=1e-10, atol=1e-12)
+            m = P[b, :, k] @ W / P[b, :, k].sum()
+            np.testing.assert_allclose(C2[b, k] - np.outer(m, m), want, rtol=1e-9, atol=1e-10)
+
+
 def test_rates_from_covariances_match_mcr2():
     rng = np.random.default_rng(3)
     B, n, d, K, p, eps = 3, 9, 8, 2, 3, 0.7
@@ -169,6 +186,9 @@ def test_layer_profile_against_mcr2_per_image(tiny):
                 )
                 assert prof[l][rep][f"rc_var_{kind}"] == pytest.approx(want, rel=1e-10)
                 assert prof[l][rep][f"rc_var_{kind}"] >= prof[l][rep][f"rc_proj_{kind}"]
+                Cc, _ = analysis.projected_covariances(Z, P, U, centred=True)
+                want = analysis.offdiag_share(Cc).mean()
+                assert prof[l][rep][f"offdiag_centred_{kind}"] == pytest.approx(want, rel=1e-12)
             # one subspace, two orthonormal bases: the same R_c^proj
             assert prof[l][rep]["rc_proj_qr"] == pytest.approx(prof[l][rep]["rc_proj_polar"])
             assert prof[l][rep]["length"] == pytest.approx(np.linalg.norm(Z, axis=-1).mean())

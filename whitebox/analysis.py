@@ -207,10 +207,13 @@ EPS_PROFILE = 4.0
 PROFILE_REPS = ("in", "tssa_out", "tssa_out_scaled", "out")
 
 
-def projected_covariances(Z, P, U):
+def projected_covariances(Z, P, U, centred: bool = False):
     """Each group's covariance in its own basis, per image:
 
         C_k = U_k^T M_k U_k,  M_k = Z diag(pi_k) Z^T / n_k      (p x p; the paper's d x n Z).
+
+    The second moments, as in the variational bound; ``centred=True`` subtracts the group's
+    weighted mean m_k = Z pi_k / n_k first (M_k - m_k m_k^T: the covariance proper).
 
     ``Z``: (B, n, d) tokens as rows (the layer layout), ``P``: (B, n, K) memberships, ``U``:
     (K, d, p). Returns (C, n_k): (B, K, p, p) and (B, K), in float64. diag(C_k) is the token
@@ -225,6 +228,9 @@ def projected_covariances(Z, P, U):
     if np.any(n_k <= 0):
         raise ValueError("P: every group needs a positive effective size n_k")
     W = np.einsum("bnd,kdp->bknp", Z, U)  # (B, K, n, p): U_k^T z_j as rows
+    if centred:
+        mean = np.einsum("bknp,bnk->bkp", W, P) / n_k[..., None]  # (B, K, p)
+        W = W - mean[:, :, None, :]
     C = np.einsum("bkni,bnk,bknj->bkij", W, P, W) / n_k[..., None, None]  # (B, K, p, p)
     return C, n_k
 
@@ -267,8 +273,9 @@ def layer_profile(model, X, eps=EPS_PROFILE) -> list[dict]:
     heads' projections U_l as :data:`BASIS_KINDS` says (means over the images ``X``):
 
     ``length`` (mean token length), ``rc_var_<kind>`` and ``rc_proj_<kind>``
-    (:func:`rates_from_covariances`, at ``eps``) and ``offdiag_<kind>`` (:func:`offdiag_share`,
-    averaged over heads). R_c^proj is the same for ``qr`` and ``polar`` (one subspace)."""
+    (:func:`rates_from_covariances`, at ``eps``), ``offdiag_<kind>`` (:func:`offdiag_share` of
+    the second moments, averaged over heads) and ``offdiag_centred_<kind>`` (the same for the
+    centred covariances). R_c^proj is the same for ``qr`` and ``polar`` (one subspace)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
@@ -298,6 +305,8 @@ def layer_profile(model, X, eps=EPS_PROFILE) -> list[dict]:
                     entry[f"rc_var_{kind}"] = float(rc_var.mean())
                     entry[f"rc_proj_{kind}"] = float(rc_proj.mean())
                     entry[f"offdiag_{kind}"] = float(offdiag_share(C).mean())
+                    Cc, _ = projected_covariances(Z, P, U, centred=True)
+                    entry[f"offdiag_centred_{kind}"] = float(offdiag_share(Cc).mean())
                 row[name] = entry
             out.append(row)
     return out
@@ -323,7 +332,9 @@ def profile_report(checkpoint, eps=EPS_PROFILE) -> dict:
 
 #: The quantities of :func:`layer_profile` that :func:`summarize_profile` follows over depth.
 PROFILE_KEYS = ("length",) + tuple(
-    f"{q}_{kind}" for q in ("rc_var", "rc_proj", "offdiag") for kind in BASIS_KINDS
+    f"{q}_{kind}"
+    for q in ("rc_var", "rc_proj", "offdiag", "offdiag_centred")
+    for kind in BASIS_KINDS
 )
 
 
