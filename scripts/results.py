@@ -12,7 +12,9 @@ one BLAS thread, ``JOBS`` runs side by side):
    full training data, scored on the test data (digits) or the held-out last 10% (text).
 3. **Inside.** For the digits, the white-box measurements of chapters 8 and 9
    (``whitebox.analysis``) on every seed's trained network and on the same network at
-   initialization.
+   initialization; for the configurations in ``PROFILED`` also the layer-wise profile of
+   chapter 9 (``analysis.profile_report``: R_c^var and the heads' covariances per block, on
+   training and test images).
 
 Writes ``results/tuning.json`` and one ``results/<config>.json`` per configuration (per-seed
 values, mean, standard deviation, configuration, machine and library versions), then rewrites
@@ -23,6 +25,7 @@ by git); ``--reuse`` keeps runs that finished there before (e.g. to redo only th
     python scripts/results.py                # everything (about 30 minutes on 2 cores)
     python scripts/results.py --reuse        # only what is missing
     python scripts/results.py --only digits-tssa --reuse
+    python scripts/results.py --only digits-tost-deep   # chapter 9's six-block network
 """
 
 from __future__ import annotations
@@ -58,8 +61,15 @@ CONFIGS = {
     # the paper's vision layout (conv stem, Fourier positions, class attention), small; it gets
     # the simplified ToST's chosen setting (not tuned on its own)
     "digits-tost-cab": ("digits", "tssa", ("--model", "tost-cab")),
+    # the default digits ToST, six blocks deep instead of two: enough layers for chapter 9 to
+    # follow R_c^var and the head covariances over depth (the paper's layer-wise figures); it
+    # borrows the simplified ToST's chosen setting too (not tuned on its own)
+    "digits-tost-deep": ("digits", "tssa", ("--depth", "6")),
 }
 TUNED = ("digits-tssa", "digits-softmax", "text-tssa", "text-softmax")
+#: configurations whose white-box measurements include the layer-wise profile of chapter 9
+#: (R_c^var and the heads' covariances over depth, on training and test images)
+PROFILED = ("digits-tost-deep",)
 
 
 def machine() -> dict:
@@ -205,10 +215,17 @@ def inside(data: dict) -> dict:
     from whitebox import analysis
 
     per_seed = []
+    profiled = data["name"] in PROFILED
     for p in data["per_seed"]:
-        per_seed.append({"seed": p["seed"], **analysis.digits_report(ROOT / p["checkpoint"])})
+        report = analysis.digits_report(ROOT / p["checkpoint"])
+        if profiled:
+            report["profile"] = analysis.profile_report(ROOT / p["checkpoint"])
+        per_seed.append({"seed": p["seed"], **report})
         print(f"  inside {data['name']} seed {p['seed']}", flush=True)
-    return {"per_seed": per_seed, "summary": analysis.summarize(per_seed)}
+    out = {"per_seed": per_seed, "summary": analysis.summarize(per_seed)}
+    if profiled:
+        out["summary"]["profile"] = analysis.summarize_profile(per_seed)
+    return out
 
 
 def write(path: Path, data: dict) -> None:

@@ -18,8 +18,11 @@ CONFIGS = {
     "text-tssa": ("text", "tssa", "tost"),
     "text-softmax": ("text", "softmax", "tost"),
     "digits-tost-cab": ("digits", "tssa", "tost-cab"),
+    "digits-tost-deep": ("digits", "tssa", "tost"),
 }
 TUNED = tuple(CONFIGS)[:4]
+#: the configurations of the README's results table (the deep one serves chapter 9 only)
+IN_README = tuple(CONFIGS)[:5]
 
 
 def _script(name):
@@ -115,7 +118,7 @@ def test_readme_results_table_shows_mean_and_std_of_every_configuration():
     text = (ROOT / "README.md").read_text()
     assert mod.render(text) == text, "run: python scripts/readme_tables.py"
     table = text.split("<!-- results:start -->")[1].split("<!-- results:end -->")[0]
-    for name in CONFIGS:
+    for name in IN_README:
         d = _load(name)
         fmt = "{:.4f}" if d["metric"] == "test_accuracy" else "{:.3f}"
         assert f"{fmt.format(d['mean'])} ± {fmt.format(d['std'])}" in table
@@ -129,3 +132,56 @@ def test_readme_table_renders_from_other_json(tmp_path):
     d = dict(results["digits-tssa"], mean=0.1234, std=0.0042)
     results["digits-tssa"] = d
     assert "0.1234 ± 0.0042" in mod.results_table(results, None)
+
+
+def test_deep_configuration_is_the_default_digits_tost_six_blocks_deep():
+    d = _load("digits-tost-deep")
+    assert d["train_flags"] == ["--depth", "6"]
+    assert d["inside"]["summary"]["blocks"] == 6
+    default = _load("digits-tssa")
+    assert d["steps"] == default["steps"]  # the same epochs and batch size: only depth differs
+    assert d["params"] > default["params"]
+
+
+def test_deep_profile_schema_and_its_statistics_are_those_of_the_per_seed_values():
+    from whitebox.analysis import BASIS_KINDS, PROFILE_KEYS, PROFILE_REPS
+
+    d = _load("digits-tost-deep")
+    inside = d["inside"]
+    summary = inside["summary"]["profile"]
+    L = summary["blocks"]
+    assert L == 6 and summary["eps"] > 0
+    assert [r["seed"] for r in inside["per_seed"]] == d["seeds"]
+    for r in inside["per_seed"]:
+        prof = r["profile"]
+        assert prof["eps"] == summary["eps"]
+        for state in ("trained", "init"):
+            for split in ("train", "test"):
+                assert len(prof[state][split]) == L
+                for block in prof[state][split]:
+                    for rep in PROFILE_REPS:
+                        assert set(block[rep]) == set(PROFILE_KEYS)
+                        for kind in BASIS_KINDS:  # the variational bound, per block
+                            assert block[rep][f"rc_var_{kind}"] >= block[rep][f"rc_proj_{kind}"]
+                            assert 0 <= block[rep][f"offdiag_{kind}"] <= 1
+                        # one subspace, two orthonormal bases: one R_c^proj
+                        assert block[rep]["rc_proj_qr"] == pytest.approx(
+                            block[rep]["rc_proj_polar"], rel=1e-9
+                        )
+    # every spread is that of the per-seed values (sample std), every count recomputes
+    for name, spreads in summary["spread"].items():
+        state, split, rest = name.split("_", 2)
+        rep = next(r for r in sorted(PROFILE_REPS, key=len, reverse=True) if rest.startswith(r))
+        key = rest[len(rep) + 1 :]
+        for l, sp in enumerate(spreads):
+            values = [r["profile"][state][split][l][rep][key] for r in inside["per_seed"]]
+            assert sp["mean"] == pytest.approx(statistics.mean(values), abs=1e-4)
+            assert sp["std"] == pytest.approx(statistics.stdev(values), abs=1e-4)
+            assert sp["min"] == pytest.approx(min(values), abs=1e-4)
+            assert sp["max"] == pytest.approx(max(values), abs=1e-4)
+        curves = {
+            r["seed"]: [b[rep][key] for b in r["profile"][state][split]] for r in inside["per_seed"]
+        }
+        falls = summary["claims"][f"{name}_falls"]
+        assert falls["seeds"] == [s for s, c in curves.items() if c[-1] < c[0]]
+        assert falls["of"] == len(d["seeds"]) and falls["held"] == len(falls["seeds"])

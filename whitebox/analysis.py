@@ -13,8 +13,13 @@ leaving each block, (B, N, D), and each TSSA block's membership ``Pi_l``, (B, H,
 * :func:`attention_substep`: R_c^var (with the block's own ``Pi`` and its orthonormalized head
   projections as ``U``) of the attention's LayerNorm'd input, after the attention sub-step and
   after the whole block, and the cosine of the attention's update with -grad R_c^var.
+* :func:`layer_profile`: over depth (chapter 9's six-block network), per block R_c^var and the
+  rate of the projections R_c^proj of the TSSA's input, its output and the block's output, with
+  the heads' raw, QR or polar bases, and how far each head's covariance U_k^T M_k U_k is from
+  diagonal (:func:`offdiag_share`), on training and test images (:func:`profile_report`,
+  summarized over the seeds by :func:`summarize_profile`).
 
-:func:`digits_report` applies all three to a digits checkpoint and to the same network at
+:func:`digits_report` applies the first three to a digits checkpoint and to the same network at
 initialization; :func:`summarize` turns several seeds' reports into the claims the chapters
 make, each with the number of seeds in which it held.
 """
@@ -48,15 +53,40 @@ def memberships(pi):
     return P / P.sum(axis=-1, keepdims=True)
 
 
-def head_bases(block):
-    """(H, D, p): the p columns of each head in ``qkv.weight``, orthonormalized by QR.
+#: How :func:`head_bases` turns a head's learned projection W_h (D, p) into U_h: as learned,
+#: by QR (the subspace, in a basis that depends on the order of W_h's columns) or by the polar
+#: factor W_h (W_h^T W_h)^{-1/2} (the orthonormal matrix closest to W_h in Frobenius norm: the
+#: same subspace, in the basis nearest to the learned coordinate axes).
+BASIS_KINDS = ("raw", "qr", "polar")
+
+
+def orthonormalize(W, kind: str = "qr"):
+    """(D, p) -> (D, p): ``W`` itself (``"raw"``), its QR factor Q (``"qr"``) or its polar
+    factor (``"polar"``, U V^T from the thin SVD W = U S V^T). Q and the polar factor span the
+    same subspace as ``W`` (for full column rank) and have orthonormal columns."""
+    if kind not in BASIS_KINDS:
+        raise ValueError(f"kind: expected one of {BASIS_KINDS}, got {kind!r}")
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2 or W.shape[1] > W.shape[0]:
+        raise ValueError(f"W: expected a (D, p) matrix with p <= D, got shape {W.shape}")
+    if kind == "raw":
+        return W.copy()
+    if kind == "qr":
+        return np.linalg.qr(W)[0]
+    left, _, right_t = np.linalg.svd(W, full_matrices=False)
+    return left @ right_t
+
+
+def head_bases(block, kind: str = "qr"):
+    """(H, D, p): the p columns of each head in ``qkv.weight``, orthonormalized by QR (or as
+    ``kind`` says, see :data:`BASIS_KINDS`).
 
     The learned projection is unconstrained; the variational bound holds for orthonormal U only,
     so we keep the subspaces the heads project on and drop the scale (and the bias)."""
     W = np.asarray(to_numpy(block.attn.params["qkv.weight"]), dtype=np.float64)  # (D, D)
     H = block.attn.num_heads
     p = W.shape[1] // H
-    return np.stack([np.linalg.qr(W[:, h * p : (h + 1) * p])[0] for h in range(H)])
+    return np.stack([orthonormalize(W[:, h * p : (h + 1) * p], kind) for h in range(H)])
 
 
 def membership_stats(pi, labels) -> dict:
@@ -164,6 +194,176 @@ def attention_substep(model, inter, eps, per_image: bool = False) -> list[dict]:
                 "cos_std": float(cos.std()),
             }
         )
+    return out
+
+
+#: Precision of the layer-wise profile (LayerNorm'd tokens have length about sqrt(D) = 8 for
+#: D = 64; 4 = 0.5 sqrt(D) is the relative precision of EPS_UNIT, as in section 2 of chapter 9).
+EPS_PROFILE = 4.0
+#: What :func:`layer_profile` measures in block l: the TSSA's input X_0 = LN_1(Z_{l-1}), the
+#: TSSA's output A = TSSA(X_0) (before gamma_1 and the residual), the same A rescaled per image
+#: to the LayerNorm scale (mean squared token length D: its shape without its size), and the
+#: block's output LN_1(Z_l).
+PROFILE_REPS = ("in", "tssa_out", "tssa_out_scaled", "out")
+
+
+def projected_covariances(Z, P, U, centred: bool = False):
+    """Each group's covariance in its own basis, per image:
+
+        C_k = U_k^T M_k U_k,  M_k = Z diag(pi_k) Z^T / n_k      (p x p; the paper's d x n Z).
+
+    The second moments, as in the variational bound; ``centred=True`` subtracts the group's
+    weighted mean m_k = Z pi_k / n_k first (M_k - m_k m_k^T: the covariance proper).
+
+    ``Z``: (B, n, d) tokens as rows (the layer layout), ``P``: (B, n, K) memberships, ``U``:
+    (K, d, p). Returns (C, n_k): (B, K, p, p) and (B, K), in float64. diag(C_k) is the token
+    statistics y_k of ``whitebox.mcr2.token_statistics``."""
+    Z, P, U = (np.asarray(to_numpy(a), dtype=np.float64) for a in (Z, P, U))
+    if Z.ndim != 3 or P.shape != Z.shape[:2] + (U.shape[0],) or U.shape[1] != Z.shape[2]:
+        raise ValueError(
+            f"Z, P, U: expected (B, n, d), (B, n, K), (K, d, p); got {Z.shape}, {P.shape}, "
+            f"{U.shape}"
+        )
+    n_k = P.sum(axis=1)  # (B, K)
+    if np.any(n_k <= 0):
+        raise ValueError("P: every group needs a positive effective size n_k")
+    W = np.einsum("bnd,kdp->bknp", Z, U)  # (B, K, n, p): U_k^T z_j as rows
+    if centred:
+        mean = np.einsum("bknp,bnk->bkp", W, P) / n_k[..., None]  # (B, K, p)
+        W = W - mean[:, :, None, :]
+    C = np.einsum("bkni,bnk,bknj->bkij", W, P, W) / n_k[..., None, None]  # (B, K, p, p)
+    return C, n_k
+
+
+def offdiag_share(C):
+    """||offdiag(C)||_F^2 / ||C||_F^2 over the last two axes (0 for a diagonal C, the case
+    in which the variational bound is an equality); a zero matrix counts as diagonal."""
+    C = np.asarray(C, dtype=np.float64)
+    if C.ndim < 2 or C.shape[-1] != C.shape[-2]:
+        raise ValueError(f"C: expected (..., p, p) square matrices, got shape {C.shape}")
+    total = (C**2).sum(axis=(-2, -1))
+    diag = (np.diagonal(C, axis1=-2, axis2=-1) ** 2).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (total - diag) / np.where(total > 0, total, 1.0), 0.0)
+
+
+def rates_from_covariances(C, n_k, n, d, eps):
+    """Per image, from :func:`projected_covariances`: (R_c^var, R_c^proj), each (B,):
+
+        R_c^var  = sum_k n_k/(2n) sum_i log(1 + c C_k,ii)     (the variational term)
+        R_c^proj = sum_k n_k/(2n) logdet(I_p + c C_k)          (the rate of the projections)
+
+    with c = d/eps^2. R_c^var >= R_c^proj for every PSD C_k (Hadamard's inequality), with
+    equality iff every C_k is diagonal (chapter 2, the case p < d)."""
+    if eps <= 0:
+        raise ValueError(f"eps: expected a positive precision, got {eps}")
+    c = d / eps**2
+    p = C.shape[-1]
+    diag = np.diagonal(C, axis1=-2, axis2=-1)  # (B, K, p): the token statistics y_k
+    rc_var = (n_k / (2 * n) * np.log1p(c * diag).sum(axis=-1)).sum(axis=-1)
+    sign, logdet = np.linalg.slogdet(np.eye(p) + c * C)  # (B, K)
+    if np.any(sign <= 0):
+        raise ValueError("C: expected positive semidefinite covariances")
+    rc_proj = (n_k / (2 * n) * logdet).sum(axis=-1)
+    return rc_var, rc_proj
+
+
+def layer_profile(model, X, eps=EPS_PROFILE) -> list[dict]:
+    """Per TSSA block l, for each of :data:`PROFILE_REPS`, under the block's own Pi_l and its
+    heads' projections U_l as :data:`BASIS_KINDS` says (means over the images ``X``):
+
+    ``length`` (mean token length), ``rc_var_<kind>`` and ``rc_proj_<kind>``
+    (:func:`rates_from_covariances`, at ``eps``), ``offdiag_<kind>`` (:func:`offdiag_share` of
+    the second moments, averaged over heads) and ``offdiag_centred_<kind>`` (the same for the
+    centred covariances). R_c^proj is the same for ``qr`` and ``polar`` (one subspace)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        _, inter = model.forward(X, return_intermediates=True)
+        toks, out = inter["tokens"], []
+        for l, blk in enumerate(model.blocks):
+            if inter["pi"][l] is None:
+                out.append(None)
+                continue
+            X0 = blk.ln_1.forward(toks[l])  # (B, n, D)
+            A = blk.attn.forward(X0)  # (B, n, D), the TSSA output
+            P = memberships(blk.attn.last_pi)  # (B, n, H)
+            X2 = blk.ln_1.forward(toks[l + 1])
+            A = np.asarray(to_numpy(A), dtype=np.float64)
+            D = A.shape[-1]
+            scale = np.sqrt(D / (A**2).sum(axis=-1).mean(axis=-1))  # (B,): one factor per image
+            reps = dict(zip(PROFILE_REPS, (X0, A, A * scale[:, None, None], X2)))
+            bases = {kind: head_bases(blk, kind) for kind in BASIS_KINDS}
+            row = {}
+            for name, Z in reps.items():
+                Z = np.asarray(to_numpy(Z), dtype=np.float64)
+                n = Z.shape[1]
+                entry = {"length": float(np.linalg.norm(Z, axis=-1).mean())}
+                for kind, U in bases.items():
+                    C, n_k = projected_covariances(Z, P, U)
+                    rc_var, rc_proj = rates_from_covariances(C, n_k, n, D, eps)
+                    entry[f"rc_var_{kind}"] = float(rc_var.mean())
+                    entry[f"rc_proj_{kind}"] = float(rc_proj.mean())
+                    entry[f"offdiag_{kind}"] = float(offdiag_share(C).mean())
+                    Cc, _ = projected_covariances(Z, P, U, centred=True)
+                    entry[f"offdiag_centred_{kind}"] = float(offdiag_share(Cc).mean())
+                row[name] = entry
+            out.append(row)
+    return out
+
+
+def profile_report(checkpoint, eps=EPS_PROFILE) -> dict:
+    """:func:`layer_profile` of a digits checkpoint on its training and test images (without
+    augmentation), trained and at initialization (the same architecture and seed)."""
+    from .models import build, load
+    from .train import load_digits_split
+
+    Xtr, _, Xte, _ = load_digits_split()
+    model = load(checkpoint)
+    nets = {"trained": model, "init": build(model.config)}
+    report = {"eps": eps}
+    for state, net in nets.items():
+        report[state] = {
+            "train": layer_profile(net, Xtr, eps),
+            "test": layer_profile(net, Xte, eps),
+        }
+    return report
+
+
+#: The quantities of :func:`layer_profile` that :func:`summarize_profile` follows over depth.
+PROFILE_KEYS = ("length",) + tuple(
+    f"{q}_{kind}"
+    for q in ("rc_var", "rc_proj", "offdiag", "offdiag_centred")
+    for kind in BASIS_KINDS
+)
+
+
+def summarize_profile(per_seed) -> dict:
+    """Over the seeds' ``"profile"`` reports: per state, split, representation and quantity the
+    per-block spread, and in how many seeds the quantity is lower in the last block than in the
+    first (``falls``) and falls from every block to the next (``falls_every_block``)."""
+    first = per_seed[0]["profile"]
+    L = len(first["trained"]["test"])
+    out = {"blocks": L, "eps": first["eps"], "spread": {}, "claims": {}}
+    for state in ("trained", "init"):
+        for split in ("train", "test"):
+            for rep in PROFILE_REPS:
+                for key in PROFILE_KEYS:
+                    name = f"{state}_{split}_{rep}_{key}"
+
+                    def curve(r, state=state, split=split, rep=rep, key=key):
+                        return [b[rep][key] for b in r["profile"][state][split]]
+
+                    out["spread"][name] = [
+                        _spread([curve(r)[l] for r in per_seed]) for l in range(L)
+                    ]
+                    out["claims"][f"{name}_falls"] = _count(
+                        per_seed, lambda r, curve=curve: curve(r)[-1] < curve(r)[0]
+                    )
+                    out["claims"][f"{name}_falls_every_block"] = _count(
+                        per_seed,
+                        lambda r, curve=curve: all(b < a for a, b in zip(curve(r), curve(r)[1:])),
+                    )
     return out
 
 
