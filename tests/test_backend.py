@@ -84,3 +84,30 @@ def test_float64_keeps_the_exact_erf():
 
     x = np.linspace(-5, 5, 1001)
     np.testing.assert_array_equal(backend.erf(x), erf(x))
+
+
+def test_erf32_in_blocks_is_the_whole_array_formula_element_for_element():
+    """erf32 goes through large arrays in cache-sized blocks; the result must be bitwise the
+    whole-array Horner evaluation, for sizes around the block size and non-contiguous input."""
+    from whitebox.backend import ERF32_BLOCK, ERF32_COEFFS, erf32
+
+    def whole(x):
+        t = x * x
+        acc = t * np.float32(ERF32_COEFFS[0])
+        acc += np.float32(ERF32_COEFFS[1])
+        for c in ERF32_COEFFS[2:]:
+            acc *= t
+            acc += np.float32(c)
+        acc *= x
+        return np.tanh(acc, out=acc)
+
+    rng = np.random.default_rng(0)
+    for n in (ERF32_BLOCK - 1, ERF32_BLOCK, ERF32_BLOCK + 1, 5 * ERF32_BLOCK + 7):
+        x = (rng.standard_normal(n) * 3).astype(np.float32)
+        x[:4] = [np.nan, np.inf, -np.inf, 3e38]
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.testing.assert_array_equal(erf32(x), whole(x.copy()))
+    xt = rng.standard_normal((3 * ERF32_BLOCK, 3)).astype(np.float32).T  # not contiguous
+    got = erf32(xt)
+    assert got.shape == xt.shape
+    np.testing.assert_array_equal(got, whole(np.ascontiguousarray(xt)))

@@ -47,18 +47,39 @@ def erf32(x):
 
     (from |x| = 3.92 on, erf(x) is +-1 in float32; there g grows, x g(x^2) passes 10, where
     NumPy's float32 tanh returns exactly +-1, and overflows to +-inf for huge x, so no clamp
-    is needed; NaN stays NaN). Two temporaries only: a fresh large array costs page faults
-    that would take longer than the arithmetic. About 0.5 ns an element against SciPy's 10-15."""
+    is needed; NaN stays NaN). A large NumPy array goes through in blocks of
+    :data:`ERF32_BLOCK` elements, so the fifteen passes over a block stay in the cache (the
+    result is the same, element for element); a CuPy array in whole-array passes."""
     xp = get_array_module(x)
     with np.errstate(over="ignore", invalid="ignore"):  # huge |x|: inf on purpose
-        t = x * x
-        acc = t * np.float32(ERF32_COEFFS[0])
-        acc += np.float32(ERF32_COEFFS[1])
-        for c in ERF32_COEFFS[2:]:  # Horner, in place
-            acc *= t
-            acc += np.float32(c)
-        acc *= x
-        return xp.tanh(acc, out=acc)
+        if xp is not np or x.size <= ERF32_BLOCK:
+            return _erf32_into(xp, x, xp.empty_like(x), x * x)
+        x = np.ascontiguousarray(x)
+        out = np.empty(x.shape, np.float32)  # C order: its flat view writes into it
+        flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+        t = np.empty(ERF32_BLOCK, np.float32)
+        for s in range(0, x.size, ERF32_BLOCK):
+            xs = flat_x[s : s + ERF32_BLOCK]
+            _erf32_into(
+                np, xs, flat_out[s : s + ERF32_BLOCK], np.multiply(xs, xs, out=t[: xs.size])
+            )
+    return out
+
+
+ERF32_BLOCK = 1 << 14
+"""Elements per block of :func:`erf32` on the CPU (64 KiB of float32: a block, its square and
+its result fit in a core's L2 cache)."""
+
+
+def _erf32_into(xp, x, out, t):
+    """tanh(x g(t)) with t = x^2, written into ``out`` (Horner in place)."""
+    xp.multiply(t, np.float32(ERF32_COEFFS[0]), out=out)
+    out += np.float32(ERF32_COEFFS[1])
+    for c in ERF32_COEFFS[2:]:
+        out *= t
+        out += np.float32(c)
+    out *= x
+    return xp.tanh(out, out=out)
 
 
 def erf(x):
