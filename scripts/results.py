@@ -10,10 +10,10 @@ one BLAS thread, ``JOBS`` runs side by side):
    ties broken by the lower validation loss; lowest validation loss on the text) is its setting.
 2. **Seeds.** Each configuration of ``CONFIGS`` with its chosen setting, seeds ``SEEDS``, on the
    full training data, scored on the test data (digits) or the held-out last 10% (text).
-3. **Inside.** For the digits, the white-box measurements of chapters 8 and 9
+3. **Inside.** For the digits, the white-box measurements of chapters 9 and 10
    (``whitebox.analysis``) on every seed's trained network and on the same network at
    initialization; for the configurations in ``PROFILED`` also the layer-wise profile of
-   chapter 9 (``analysis.profile_report``: R_c^var and the heads' covariances per block, on
+   chapter 10 (``analysis.profile_report``: R_c^var and the heads' covariances per block, on
    training and test images).
 
 Writes ``results/tuning.json`` and one ``results/<config>.json`` per configuration (per-seed
@@ -25,7 +25,7 @@ by git); ``--reuse`` keeps runs that finished there before (e.g. to redo only th
     python scripts/results.py                # everything (about 30 minutes on 2 cores)
     python scripts/results.py --reuse        # only what is missing
     python scripts/results.py --only digits-tssa --reuse
-    python scripts/results.py --only digits-tost-deep   # chapter 9's six-block network
+    python scripts/results.py --only digits-tost-deep   # chapter 10's six-block network
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ CONFIGS = {
     # the paper's vision layout (conv stem, Fourier positions, class attention), small; it gets
     # the simplified ToST's chosen setting (not tuned on its own)
     "digits-tost-cab": ("digits", "tssa", ("--model", "tost-cab")),
-    # the default digits ToST, six blocks deep instead of two: enough layers for chapter 9 to
+    # the default digits ToST, six blocks deep instead of two: enough layers for chapter 10 to
     # follow R_c^var and the head covariances over depth (the paper's layer-wise figures); it
     # borrows the simplified ToST's chosen setting too (not tuned on its own)
     "digits-tost-deep": ("digits", "tssa", ("--depth", "6")),
 }
 TUNED = ("digits-tssa", "digits-softmax", "text-tssa", "text-softmax")
-#: configurations whose white-box measurements include the layer-wise profile of chapter 9
+#: configurations whose white-box measurements include the layer-wise profile of chapter 10
 #: (R_c^var and the heads' covariances over depth, on training and test images)
 PROFILED = ("digits-tost-deep",)
 
@@ -211,7 +211,7 @@ def seeds(name: str, setting: dict, reuse: bool) -> dict:
 
 
 def inside(data: dict) -> dict:
-    """The white-box measurements of chapters 8 and 9 on every seed's trained digits network."""
+    """The white-box measurements of chapters 9 and 10 on every seed's trained digits network."""
     from whitebox import analysis
 
     per_seed = []

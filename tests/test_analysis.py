@@ -1,4 +1,4 @@
-"""The layer-wise measurements of chapter 9 (``whitebox.analysis``) against independent
+"""The layer-wise measurements of chapter 10 (``whitebox.analysis``) against independent
 computations: hand-built covariances, ``whitebox.mcr2`` on the paper's d x n layout, and the
 closed form of the polar factor."""
 

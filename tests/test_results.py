@@ -21,7 +21,7 @@ CONFIGS = {
     "digits-tost-deep": ("digits", "tssa", "tost"),
 }
 TUNED = tuple(CONFIGS)[:4]
-#: the configurations of the README's results table (the deep one serves chapter 9 only)
+#: the configurations of the README's results table (the deep one serves chapter 10 only)
 IN_README = tuple(CONFIGS)[:5]
 
 

@@ -1,4 +1,4 @@
-"""White-box measurements of a trained ToST classifier (chapters 8 and 9, ``make results``).
+"""White-box measurements of a trained ToST classifier (chapters 9 and 10, ``make results``).
 
 Every quantity here is computed per image, in float64, from the intermediates that
 ``model.forward(x, return_intermediates=True)`` hands out: the tokens ``Z_l`` entering and
@@ -13,7 +13,7 @@ leaving each block, (B, N, D), and each TSSA block's membership ``Pi_l``, (B, H,
 * :func:`attention_substep`: R_c^var (with the block's own ``Pi`` and its orthonormalized head
   projections as ``U``) of the attention's LayerNorm'd input, after the attention sub-step and
   after the whole block, and the cosine of the attention's update with -grad R_c^var.
-* :func:`layer_profile`: over depth (chapter 9's six-block network), per block R_c^var and the
+* :func:`layer_profile`: over depth (chapter 10's six-block network), per block R_c^var and the
   rate of the projections R_c^proj of the TSSA's input, its output and the block's output, with
   the heads' raw, QR or polar bases, and how far each head's covariance U_k^T M_k U_k is from
   diagonal (:func:`offdiag_share`), on training and test images (:func:`profile_report`,
@@ -198,7 +198,7 @@ def attention_substep(model, inter, eps, per_image: bool = False) -> list[dict]:
 
 
 #: Precision of the layer-wise profile (LayerNorm'd tokens have length about sqrt(D) = 8 for
-#: D = 64; 4 = 0.5 sqrt(D) is the relative precision of EPS_UNIT, as in section 2 of chapter 9).
+#: D = 64; 4 = 0.5 sqrt(D) is the relative precision of EPS_UNIT, as in section 2 of chapter 10).
 EPS_PROFILE = 4.0
 #: What :func:`layer_profile` measures in block l: the TSSA's input X_0 = LN_1(Z_{l-1}), the
 #: TSSA's output A = TSSA(X_0) (before gamma_1 and the residual), the same A rescaled per image
