@@ -13,7 +13,7 @@ Layout as in the layers, per head: ``w`` (H, n, p) for the operators with one pr
 MSSA), ``(q, k, v)`` stacked as (3, H, n, p) for the ones with three (softmax attention, XCiT).
 
 * softmax attention:  A = softmax_l(q_j . k_l / sqrt(p)),      v_j = sum_l A_jl v_l
-* MSSA (CRATE):       the same with q = k = v = w
+* MSSA (CRATE):       the same with q = k = v = w (as the public CRATE ``Attention``)
 * XCiT:               q_hat, k_hat = columns of q, k over the tokens scaled to norm 1,
                       A = softmax_b(temp * q_hat_a . k_hat_b) (p x p),  v_ja = sum_b A_ab v_jb
 * TSSA:               as ``whitebox.nn.tssa_forward`` between its two projections
