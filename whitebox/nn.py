@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from . import kernels
-from .backend import erf, get_array_module, to_device, to_numpy, to_numpy_many
+from .backend import _is_cupy_array, erf, get_array_module, to_device, to_numpy, to_numpy_many
 
 LAYERNORM_EPS = 1e-5
 """Default LayerNorm epsilon: PyTorch's default, as in the public ToST *language* model
@@ -612,7 +612,7 @@ where a user's array comes in, so a model checks its input once, not once per la
 
 
 def _is_array(x) -> bool:
-    return isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy"
+    return isinstance(x, np.ndarray) or _is_cupy_array(x)
 
 
 def _where(xp) -> str:
@@ -693,9 +693,11 @@ def _guard_forward(forward):
         if _DEPTH[0]:  # inside another module, whose input was checked already
             out = forward(self, x, *args, **kwargs)
         else:
-            xp = self._array_module()
+            first = self._first_parameter()
+            xp = None if first is None else get_array_module(first)
             if self.input_kind == "float":
-                x = _float_array(x, "x", self._dtype_or_none(), xp, self.host_input)
+                dtype = None if first is None else first.dtype
+                x = _float_array(x, "x", dtype, xp, self.host_input)
             elif self.input_kind == "index":
                 x = _index_array(x, "idx", xp)
             _DEPTH[0] += 1
@@ -724,7 +726,9 @@ def _guard_backward(backward):
                 f"{type(self).__name__}.backward: call forward first (there is no output to "
                 "take the gradient of)"
             )
-        dy = _float_array(dy, "dy", self._out_dtype, self._array_module())
+        first = self._first_parameter()
+        xp = None if first is None else get_array_module(first)
+        dy = _float_array(dy, "dy", self._out_dtype, xp)
         if dy.shape != shape:
             raise ValueError(f"dy: expected the shape of the last output {shape}, got {dy.shape}")
         _DEPTH[0] += 1
@@ -781,14 +785,9 @@ class Module:
         self.grads = {}
         self._out_shape = None
 
-    def _array_module(self):
-        """NumPy or CuPy, where the parameters live (None for a module without any)."""
-        params = self.parameters()
-        return get_array_module(next(iter(params.values()))) if params else None
-
-    def _dtype_or_none(self):
-        params = self.parameters()
-        return next(iter(params.values())).dtype if params else None
+    def _first_parameter(self):
+        """The first parameter array (its device and dtype are the module's), or None."""
+        return next((v for _, m in self.named_modules() for v in m.params.values()), None)
 
     def __setattr__(self, name, value):
         if isinstance(value, Module):
