@@ -371,7 +371,7 @@ def test_prefixes_in_any_order_are_stripped(tmp_path, capfd):
         ("module.x", "x"),
         ("_orig_mod.module.x", "module._orig_mod.x"),
         ("_orig_mod.x", "module.x"),
-    ],  # fmt: skip
+    ],
 )
 def test_names_colliding_after_stripping_are_refused(tmp_path, capfd, a, b):
     torch.save({"model": {a: torch.ones(2), b: torch.zeros(2)}}, tmp_path / "c.pt")
