@@ -30,7 +30,9 @@ A layout is one of: as is, transposed (a Linear weight), or ``"conv1x1"`` (a 1 x
 convolution's (out, in, 1, 1) weight <-> a whitebox Linear's (in, out)).
 
 Arrays may be NumPy arrays, anything ``np.asarray`` accepts, or PyTorch tensors (read through
-``.detach().cpu().numpy()`` without importing torch).
+``.detach().cpu().numpy()`` without importing torch; bfloat16 and float8 tensors, which NumPy
+cannot hold, are read through float32, exactly). :func:`load_official` is all or nothing: every
+array is converted and checked before the first parameter is written.
 """
 
 from __future__ import annotations
@@ -174,18 +176,72 @@ def official_grads(module):
     return _export(module.gradients(), module)
 
 
-def _to_numpy(v):
-    if hasattr(v, "detach"):  # a torch tensor
-        v = v.detach().cpu().numpy()
-    return np.asarray(to_numpy(v))
+def _to_numpy(v, name):
+    """``v`` (NumPy, CuPy, PyTorch tensor, nested lists) as a NumPy array; ValueError naming
+    ``name`` when it is none of these."""
+    try:
+        if hasattr(v, "detach") and hasattr(v, "numpy"):  # a torch tensor
+            v = v.detach().cpu()
+            if v.is_floating_point() and str(v.dtype) not in _NUMPY_FLOATS:
+                v = v.float()  # bfloat16, float8: NumPy has no such type; float32 holds them
+            v = v.numpy()
+        return np.asarray(to_numpy(v))
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
+        raise ValueError(
+            f"load_official: {name!r} is not an array of numbers ({type(e).__name__}: {e})"
+        ) from None
+
+
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
+def _checked(name, a, dtype):
+    """``a`` converted to ``dtype`` (a parameter's or buffer's), or ValueError naming ``name``:
+    real numbers only, finite, inside the range of ``dtype``; integer buffers (BatchNorm's
+    ``num_batches_tracked``) take non-negative integers and running variances are >= 0."""
+    dtype = np.dtype(dtype)
+    if a.dtype.kind == "c":
+        raise ValueError(f"load_official: {name!r} expected real numbers, got complex {a.dtype}")
+    if dtype.kind in "iu":
+        if a.dtype.kind not in "iu":
+            raise ValueError(
+                f"load_official: {name!r} expected a non-negative integer count ({dtype}), "
+                f"got {a.dtype}"
+            )
+        info = np.iinfo(dtype)
+        if a.size and (int(a.min()) < 0 or int(a.max()) > info.max):
+            raise ValueError(
+                f"load_official: {name!r} expected a non-negative integer count up to "
+                f"{info.max}, got {int(a.min()) if int(a.min()) < 0 else int(a.max())}"
+            )
+        return a.astype(dtype)
+    if a.dtype.kind not in "fiu":
+        raise ValueError(f"load_official: {name!r} expected real numbers, got dtype {a.dtype}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"load_official: {name!r} expected finite numbers, got NaN or inf")
+    with np.errstate(over="ignore"):
+        out = a.astype(dtype)
+    if not np.isfinite(out).all():
+        big = float(np.max(np.abs(a.astype(np.float64))))
+        raise ValueError(
+            f"load_official: {name!r} has values beyond the range of {dtype} "
+            f"(largest |x| = {big:.3g}, {dtype} holds up to {float(np.finfo(dtype).max):.3g})"
+        )
+    if name.endswith("running_var") and a.size and out.min() < 0:
+        raise ValueError(f"load_official: {name!r} expected variances >= 0, got {out.min():.3g}")
+    return out
 
 
 def load_official(module, state):
     """Copy ``state`` (official name -> array, e.g. a PyTorch ``state_dict`` or an ``.npz``)
-    into ``module``'s parameters in place.
+    into ``module``'s parameters (and BatchNorm buffers) in place, all or nothing.
 
-    Raises ValueError naming the key: unknown names, missing names, and shapes that differ from
-    the official shape (which is printed). Returns ``module``."""
+    Every array is converted and checked before the first write. Raises ValueError naming the
+    key, and leaves ``module`` unchanged, for: unknown names, missing names, shapes that differ
+    from the official shape (which is printed), complex or non-numeric values, NaN or inf,
+    values beyond the range of the parameter's dtype (1e39 into float32), integer buffers
+    (``num_batches_tracked``) that are not non-negative integers, negative running variances,
+    and a tied head that differs from the token embedding. Returns ``module``."""
     params = _arrays(module)
     entries = [e for e in _entries(module) if e[1] in params]  # biases may be switched off
     expected = {off: _official_shape(params[ours].shape, t) for off, ours, t in entries}
@@ -200,16 +256,21 @@ def load_official(module, state):
             f"load_official: missing key(s) {missing}; e.g. {missing[0]!r} with shape "
             f"{expected[missing[0]]}"
         )
-    arrays = {k: _to_numpy(v) for k, v in state.items()}
+    arrays = {k: _to_numpy(v, k) for k, v in state.items()}
     for k, shape in expected.items():
         if arrays[k].shape != shape:
             raise ValueError(f"load_official: {k!r} expected shape {shape}, got {arrays[k].shape}")
-    if tied is not None and not np.array_equal(_to_numpy(tied), arrays["transformer.wte.weight"]):
+    if tied is not None and not np.array_equal(
+        _to_numpy(tied, TIED_HEAD), arrays["transformer.wte.weight"]
+    ):
         raise ValueError(
             f"load_official: {TIED_HEAD!r} differs from 'transformer.wte.weight'; whitebox ties "
             "the head to the token embedding"
         )
-    for off, ours, t in entries:
-        p = params[ours]
-        p[...] = get_array_module(p).asarray(_from_official(arrays[off], t), dtype=p.dtype)
+    ready = [
+        (params[ours], _from_official(_checked(off, arrays[off], params[ours].dtype), t))
+        for off, ours, t in entries
+    ]  # everything converted and checked: only now is the module written
+    for p, a in ready:
+        p[...] = get_array_module(p).asarray(a)
     return module
