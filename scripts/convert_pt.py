@@ -436,9 +436,7 @@ def convert(src, dst, key=None, *, force=False, unsafe_pickle=False, note=_note)
 
 def build_parser():
     ap = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.splitlines()[0]
-        + " Reads only tensors, plain containers and argparse.Namespace unless --unsafe-pickle.",
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("src", help="PyTorch checkpoint (.pt, .pth)")
     ap.add_argument("dst", help="output file, ending in .npz (model_args go to <dst>.json)")
