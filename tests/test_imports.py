@@ -25,6 +25,8 @@ relative, at the top of a file or inside a function. A new module has to be give
 from __future__ import annotations
 
 import ast
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +298,51 @@ def test_monkeypatching_check_inputs_through_nn_is_undone(monkeypatch):
         m.setattr(nn, "CHECK_INPUTS", False)
         assert module.CHECK_INPUTS is False
     assert module.CHECK_INPUTS is True and nn.CHECK_INPUTS is True
+
+
+MOVED = {
+    "module": ("Module", "ModuleList", "BackwardBeforeForwardError", "CHECK_INPUTS"),
+    "optim": ("AdamW", "cosine_lr", "clip_grad_norm"),
+}
+OLD_HOME = re.compile(
+    r"(?<![\w.])(?:whitebox\.|wb\.)?nn\.(" + "|".join(n for ns in MOVED.values() for n in ns) + r")\b"
+    r"|from whitebox\.nn import [^\n]*\b("
+    + "|".join(n for ns in MOVED.values() for n in ns)
+    + r")\b"
+)
+NEW_HOME = re.compile(r"\bwhitebox\.(module|optim)\.(\w+)")
+
+
+def _reading_material():
+    """(name, text) of every document and notebook cell a learner reads."""
+    docs = [ROOT / "README.md", ROOT / "notebooks" / "README.md", ROOT / "exercises" / "README.md"]
+    docs += sorted((ROOT / "docs").glob("*.md"))
+    for path in docs:
+        yield str(path.relative_to(ROOT)), path.read_text()
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    notebooks += sorted((ROOT / "exercises").rglob("*.ipynb"))
+    for path in notebooks:
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            yield f"{path.relative_to(ROOT)} cell {i}", "".join(cell["source"])
+
+
+def test_docs_and_notebooks_name_the_moved_things_at_their_new_home():
+    """The documents and notebooks say ``whitebox.optim.AdamW``, not ``nn.AdamW`` (which still
+    works), and every ``whitebox.module.X`` / ``whitebox.optim.X`` they name exists."""
+    old, missing, new = [], [], 0
+    for where, text in _reading_material():
+        old += [f"{where}: {m.group(0)}" for m in OLD_HOME.finditer(text)]
+        for mod, attr in NEW_HOME.findall(text):
+            new += 1
+            if not hasattr({"module": module, "optim": optim}[mod], attr):
+                missing.append(f"{where}: whitebox.{mod}.{attr}")
+    assert old == [], "name these at their new home (whitebox.module, whitebox.optim)"
+    assert missing == []
+    assert new >= 4  # chapters 9 and 11 point to the optimizer's home
+
+
+def test_old_home_pattern_finds_the_old_names():
+    text = "`nn.AdamW`, wb.nn.cosine_lr(...), from whitebox.nn import Linear, Module; nn.Linear"
+    found = [m.group(0) for m in OLD_HOME.finditer(text)]
+    assert found == ["nn.AdamW", "wb.nn.cosine_lr", "from whitebox.nn import Linear, Module"]
+    assert not OLD_HOME.search("torch.nn.Module, tnn.ModuleList, whitebox.optim.AdamW")
