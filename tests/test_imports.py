@@ -304,11 +304,9 @@ MOVED = {
     "module": ("Module", "ModuleList", "BackwardBeforeForwardError", "CHECK_INPUTS"),
     "optim": ("AdamW", "cosine_lr", "clip_grad_norm"),
 }
+_NAMES = "|".join(n for names in MOVED.values() for n in names)
 OLD_HOME = re.compile(
-    r"(?<![\w.])(?:whitebox\.|wb\.)?nn\.(" + "|".join(n for ns in MOVED.values() for n in ns) + r")\b"
-    r"|from whitebox\.nn import [^\n]*\b("
-    + "|".join(n for ns in MOVED.values() for n in ns)
-    + r")\b"
+    rf"(?<![\w.])(?:whitebox\.|wb\.)?nn\.({_NAMES})\b|from whitebox\.nn import [^\n]*\b({_NAMES})\b"
 )
 NEW_HOME = re.compile(r"\bwhitebox\.(module|optim)\.(\w+)")
 
