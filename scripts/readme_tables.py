@@ -1,8 +1,10 @@
-"""Render README.md's generated tables from the JSON the scripts wrote; nothing typed by hand.
+"""Render README.md's generated parts from the files and the JSON; nothing typed by hand.
 
-    python scripts/readme_tables.py          # rewrite the tables in README.md
-    python scripts/readme_tables.py --check  # exit 1 if README.md differs from the JSON
+    python scripts/readme_tables.py          # rewrite the generated parts of README.md
+    python scripts/readme_tables.py --check  # exit 1 if README.md differs from what they give
 
+* the size of the core (between ``<!-- core:start -->`` and ``<!-- core:end -->``): the
+  modules in :data:`CORE_FILES` and their line count, read from ``whitebox/``;
 * results (between ``<!-- results:start -->`` and ``<!-- results:end -->``):
   ``results/<configuration>.json`` and ``results/tuning.json``, written by ``make results``
   (scripts/results.py);
@@ -14,10 +16,48 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+
+
+#: The modules a learner reads to understand ToST, in reading order (``whitebox/<name>``).
+CORE_FILES = (
+    "backend.py",
+    "mcr2.py",
+    "data.py",
+    "nn.py",
+    "module.py",
+    "optim.py",
+    "models.py",
+    "vision.py",
+)
+CORE_FILE_LIMIT = 1000
+"""No file of the core reaches this many lines (``tests/test_packaging.py``)."""
+
+
+def core_lines(root: Path = ROOT) -> dict[str, int]:
+    """file name -> its number of lines, for every file of the core."""
+    return {f: len((root / "whitebox" / f).read_text().splitlines()) for f in CORE_FILES}
+
+
+def core_bound(total: int) -> int:
+    """The round bound the README states: the next multiple of 100 above ``total``."""
+    return (total // 100 + 1) * 100
+
+
+def core_sentence(root: Path = ROOT) -> str:
+    """The README's sentence on the size of the core, from the files."""
+    lines = core_lines(root)
+    names = ", ".join(f"`{f}`" for f in lines)
+    text = (
+        f"The core you need to read to understand ToST ({names}) is under "
+        f"{core_bound(sum(lines.values())):,} lines, docstrings included, and no file of it "
+        f"reaches {CORE_FILE_LIMIT:,}."
+    )
+    return textwrap.fill(text, width=99, break_long_words=False, break_on_hyphens=False)
 
 
 #: The configurations of the results table, in its order (files results/<name>.json).
@@ -173,6 +213,7 @@ def _replace(text: str, name: str, body: str) -> str:
 
 
 def render(text: str) -> str:
+    text = _replace(text, "core", core_sentence())
     results = load_results()
     if results:
         tuning_path = ROOT / "results" / "tuning.json"
@@ -191,7 +232,7 @@ def main(argv: list[str]) -> int:
     new = render(text)
     if "--check" in argv:
         if new != text:
-            print("README.md's tables differ from the JSON: run python scripts/readme_tables.py")
+            print("README.md's generated parts are stale: run python scripts/readme_tables.py")
             return 1
         return 0
     README.write_text(new)

@@ -26,7 +26,8 @@ DOCS = [
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 MODULES = (
-    "mcr2|nn|models|vision|interop|analysis|bench|demo|train|gradcheck|data|checkpoint|complexity"
+    "mcr2|nn|module|optim|models|vision|interop|analysis|bench|demo|train|gradcheck|data|checkpoint"
+    "|complexity"
 )
 NAME = re.compile(rf"`(?:whitebox\.)?({MODULES})\.(?!py\b)([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?")
 TEST = re.compile(r"\b(test_\w+\.py)(?:::(\w+))?")

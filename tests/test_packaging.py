@@ -197,8 +197,11 @@ def test_make_lab_opens_the_repository_root_on_the_notebooks_index(have_make):
     assert "$(if $(filter 0,$(shell id -u)),--allow-root)" in (ROOT / "Makefile").read_text()
 
 
-def test_the_core_stays_small_enough_to_read_in_an_afternoon():
-    core = ["backend.py", "mcr2.py", "data.py", "nn.py", "models.py"]
-    lines = sum(len((ROOT / "whitebox" / f).read_text().splitlines()) for f in core)
-    assert lines < 2600, f"the core has grown to {lines} lines; update the README's promise"
-    assert "under 2,600 lines" in (ROOT / "README.md").read_text()
+def test_every_file_of_the_core_stays_under_1000_lines():
+    """The modules a learner reads stay short enough to read one sitting at a time; the README
+    states their total, regenerated from the files (tests/test_readme.py)."""
+    core = ["backend.py", "mcr2.py", "data.py", "nn.py", "module.py", "optim.py", "models.py"]
+    core.append("vision.py")
+    lines = {f: len((ROOT / "whitebox" / f).read_text().splitlines()) for f in core}
+    too_long = {f: n for f, n in lines.items() if n >= 1000}
+    assert not too_long, f"split these by idea (issue 24): {too_long}"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from test_validation import _float_modules
 
 import whitebox as wb
-from whitebox import nn
+from whitebox.module import _first_array
 
 SETTINGS = settings(
     max_examples=100,
@@ -232,7 +232,7 @@ def test_every_module_refuses_by_name_or_gives_a_finite_result(index, in_dtype, 
     (x,), bad = _plant(data.draw, [x], ["x"])
     with np.errstate(all="ignore"):  # overflow inside a layer must become a ValueError
         try:
-            out = nn._first_array(module.forward(x))
+            out = _first_array(module.forward(x))
         except ValueError as err:
             assert _named(err, ["x"]) == "x"
             return
@@ -262,8 +262,8 @@ def test_every_float32_module_matches_its_float64_twin(index, log_scale, seed):
         m64.load_state_dict(m32.state_dict())
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * 10.0**log_scale).astype(F32)
-    out32 = nn._first_array(m32.forward(x))
-    out64 = nn._first_array(m64.forward(x.astype(F64)))
+    out32 = _first_array(m32.forward(x))
+    out64 = _first_array(m64.forward(x.astype(F64)))
     dy = rng.standard_normal(out32.shape).astype(F32)
     dx32, dx64 = m32.backward(dy), m64.backward(dy.astype(F64))
     _close(out32, out64, 1e-3)

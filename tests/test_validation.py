@@ -1,6 +1,6 @@
 """One validation policy for every Module (issue 12), tested on every Module of the library.
 
-The policy (``whitebox.nn.Module``'s docstring): real floating input only, cast to the module's
+The policy (``whitebox.module.Module``'s docstring): real floating input only, cast to the module's
 dtype with overflow refused, finiteness checked, output in the module's dtype; ``dy`` exactly
 the shape of the last output and finite; backward before forward a clear error; a finite input
 the layer cannot compute in its precision refused instead of answered with inf or NaN. Each
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from whitebox import models, nn, vision
+from whitebox.module import _first_array
 
 F32, F64 = np.float32, np.float64
 
@@ -105,7 +106,7 @@ def test_output_is_in_the_modules_dtype(case):
     name, module, shape = case
     for in_dtype in (np.float16, F32, F64):
         x = _input(shape, in_dtype)
-        out = nn._first_array(module.forward(x))
+        out = _first_array(module.forward(x))
         assert out.dtype == _module_dtype(module, x), (name, in_dtype)
 
 
@@ -139,7 +140,7 @@ def test_backward_before_forward_is_a_clear_error(case):
 def test_dy_must_have_the_shape_of_the_last_output(case):
     """LayerNorm.backward returned a batch-2 result after a batch-1 forward."""
     name, module, shape = case
-    out = nn._first_array(module.forward(_input(shape, F32)))
+    out = _first_array(module.forward(_input(shape, F32)))
     for wrong in [(1,) + out.shape[1:], (2 * out.shape[0],) + out.shape[1:], out.shape + (1,)]:
         with pytest.raises(ValueError, match=r"^dy: expected the shape of the last output"):
             module.backward(np.ones(wrong, F32))
@@ -148,7 +149,7 @@ def test_dy_must_have_the_shape_of_the_last_output(case):
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_dy_must_be_finite(case, value):
     name, module, shape = case
-    out = nn._first_array(module.forward(_input(shape, F32)))
+    out = _first_array(module.forward(_input(shape, F32)))
     dy = np.ones(out.shape, F32)
     dy.flat[0] = value
     with pytest.raises(ValueError, match=r"^dy: contains NaN or Inf"):
@@ -157,7 +158,7 @@ def test_dy_must_be_finite(case, value):
 
 def test_dy_of_another_type_is_refused(case):
     name, module, shape = case
-    out = nn._first_array(module.forward(_input(shape, F32)))
+    out = _first_array(module.forward(_input(shape, F32)))
     with pytest.raises(ValueError, match=r"^dy: expected"):
         module.backward(np.ones(out.shape, np.complex64))
     with pytest.raises(ValueError, match=r"^dy: expected"):
@@ -166,7 +167,7 @@ def test_dy_of_another_type_is_refused(case):
 
 def test_a_valid_backward_still_works_after_the_checks(case):
     name, module, shape = case
-    out = nn._first_array(module.forward(_input(shape, F64)))
+    out = _first_array(module.forward(_input(shape, F64)))
     dx = module.backward(np.ones(out.shape, F64))  # a float64 dy for a float32 output: cast
     if dx is not None:
         assert np.isfinite(dx).all() and dx.dtype == out.dtype

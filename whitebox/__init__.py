@@ -2,10 +2,11 @@
 
 ``import whitebox as wb`` gives the mathematics at the top level (``wb.coding_rate``,
 ``wb.variational_compression_grad``, ``wb.tssa_step``, ...); the layers live in
-``whitebox.nn``, the networks in ``whitebox.models``.
+``whitebox.nn``, their base class and its validation policy in ``whitebox.module``, the
+optimizer in ``whitebox.optim``, the networks in ``whitebox.models``.
 """
 
-from . import backend, data, interop, models, nn
+from . import backend, data, interop, models, module, nn, optim
 from .mcr2 import (
     SIMPLEX_ATOL,
     coding_rate,
@@ -28,7 +29,9 @@ __all__ = [
     "data",
     "interop",
     "models",
+    "module",
     "nn",
+    "optim",
     "estimate_membership",
     "rate_reduction",
     "token_statistics",

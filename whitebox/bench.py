@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernels, nn
+from . import kernels, nn, optim
 from .backend import device_module, to_numpy
 from .models import build
 
@@ -433,7 +433,7 @@ def _digits_step_comparison(torch, TorchClassifier, F, cfg, log):
     if norm is not None:
         xb = normalize_images(xb, norm)
     model = build(config)
-    opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt = optim.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     tmodel = TorchClassifier(model.config)
     _load_into_torch(torch, tmodel, model)
     decay = [p for k, p in tmodel.named_parameters() if _is_decayed(model, k)]
@@ -451,7 +451,7 @@ def _digits_step_comparison(torch, TorchClassifier, F, cfg, log):
         logits = model.forward(xb)
         _, dlogits = nn.cross_entropy(logits, yb, tcfg.label_smoothing)
         model.backward(dlogits)
-        nn.clip_grad_norm(model, tcfg.clip)
+        optim.clip_grad_norm(model, tcfg.clip)
         opt.step(lr)
 
     def torch_step():
@@ -601,7 +601,7 @@ def _seconds_per_train_step(task, tcfg, device, steps, batch_and_lr):
     model = build(task.model_config())
     if device != "cpu":
         model.to(device)
-    opt = nn.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt = optim.AdamW(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
 
     def step(i):
         x, y, lr = batch_and_lr(i)
@@ -636,7 +636,7 @@ def _digits_train_time(device, steps):
 
     def batch_and_lr(i):
         x, y = task.batch(i, rng)
-        return x, y, nn.cosine_lr(i, task.total_steps, tcfg.warmup, tcfg.lr)
+        return x, y, optim.cosine_lr(i, task.total_steps, tcfg.warmup, tcfg.lr)
 
     sec = _seconds_per_train_step(task, tcfg, device, steps, batch_and_lr)
     return dict(

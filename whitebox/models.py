@@ -14,6 +14,7 @@ import numpy as np
 from .backend import get_array_module, to_numpy
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import CharCodec, check_input_norm, normalize_images
+from .module import Module, ModuleList
 from .nn import (
     INIT_STD,
     Block,
@@ -21,8 +22,6 @@ from .nn import (
     Embedding,
     LayerNorm,
     Linear,
-    Module,
-    ModuleList,
     _check_tokens,
     _normal,
 )

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import nn
+from . import module as policy
+from . import nn, optim
 from .backend import device_module, to_numpy
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .data import (  # re-exported: notebooks import them from here
@@ -556,7 +557,7 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
     model = build(task.model_config())
     if cfg.device != "cpu":
         model.to(cfg.device)
-    opt = nn.AdamW(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = optim.AdamW(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed + 1)  # data order and augmentation
     history, step = [], 0
     total = task.total_steps
@@ -613,7 +614,7 @@ def _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress, s
     running, n_running, evals = 0.0, 0, 0
     while step < total:
         x, y = task.batch(step, rng)
-        lr = nn.cosine_lr(step, total, cfg.warmup, cfg.lr, cfg.lr * 0.01)
+        lr = optim.cosine_lr(step, total, cfg.warmup, cfg.lr, cfg.lr * 0.01)
         loss = _train_step(model, opt, x, y, xp, cfg, lr, step)
         step += 1
         running += loss
@@ -666,11 +667,12 @@ def _train_step(model, opt, x, y, xp, cfg, lr, step) -> float:
 
     On a GPU it waits for the device once: the loss and the gradient norm come back together
     (the running loss, and the check that training has not diverged). The layers' own input
-    checks (``nn.CHECK_INPUTS``) would each wait too; the batch is checked here, on the host,
-    before it is uploaded, and a non-finite loss or gradient stops the run with an error."""
+    checks (``whitebox.module.CHECK_INPUTS``) would each wait too; the batch is checked here, on
+    the host, before it is uploaded, and a non-finite loss or gradient stops the run with an
+    error."""
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ValueError(f"step {step}: the input batch contains NaN or Inf")
-    check, nn.CHECK_INPUTS = nn.CHECK_INPUTS, False
+    check, policy.CHECK_INPUTS = policy.CHECK_INPUTS, False
     try:
         logits = model.forward(xp.asarray(x))
         n_classes = logits.shape[-1]
@@ -678,7 +680,7 @@ def _train_step(model, opt, x, y, xp, cfg, lr, step) -> float:
             raise ValueError(f"step {step}: targets outside [0, {n_classes})")
         loss, dlogits = nn.cross_entropy(logits, xp.asarray(y), cfg.label_smoothing, as_array=True)
         model.backward(dlogits)
-        norm = nn.clip_grad_norm(model, cfg.clip)
+        norm = optim.clip_grad_norm(model, cfg.clip)
         loss_host, norm_host = to_numpy(xp.stack([loss.astype(np.float64), norm]))  # one wait
         if not (math.isfinite(loss_host) and math.isfinite(norm_host)):
             raise RuntimeError(
@@ -687,7 +689,7 @@ def _train_step(model, opt, x, y, xp, cfg, lr, step) -> float:
             )
         opt.step(lr)
     finally:
-        nn.CHECK_INPUTS = check
+        policy.CHECK_INPUTS = check
     return float(loss_host)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from .backend import get_array_module, to_device, to_numpy
 from .data import check_input_norm, normalize_images
+from .module import Module, ModuleList, _refuse_overflow
 from .nn import (
     GELU,
     INIT_STD,
@@ -38,13 +39,10 @@ from .nn import (
     Block,
     LayerNorm,
     Linear,
-    Module,
-    ModuleList,
     _as_dtype,
     _check_heads,
     _normal,
     _prefixed,
-    _refuse_overflow,
     _rng,
     _softmax,
     _softmax_backward,
