@@ -77,9 +77,12 @@ diagrams: venv-lib
 	$(BIN)/python scripts/diagrams.py
 
 # JupyterLab at the repository root, opened on the notebooks' index, so that notebooks/ and
-# exercises/ are both reachable. Jupyter refuses to start as root (common in containers and
-# cloud notebooks) unless told --allow-root: pass it only when we are root.
+# exercises/ are both reachable. scripts/lab_settings.py first writes the environment's settings
+# overrides: Markdown opens rendered (the index shows its tables, formulas and links), no
+# "Jupyter news" pop-up. Jupyter refuses to start as root (common in containers and cloud
+# notebooks) unless told --allow-root: pass it only when we are root.
 lab: venv-notebooks
+	$(BIN)/python scripts/lab_settings.py
 	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/README.md \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 

@@ -101,7 +101,7 @@ def test_cupy_only_in_the_gpu_extras_one_per_cuda_major_version():
 
 
 # import name -> distribution name, where they differ
-DISTRIBUTION = {"sklearn": "scikit-learn", "PIL": "pillow"}
+DISTRIBUTION = {"sklearn": "scikit-learn", "PIL": "pillow", "jupyter_client": "jupyter-client"}
 OPTIONAL = {"cupy", "cupyx", "torch"}  # imported behind a guard: the gpu extras, make torch
 
 
@@ -134,7 +134,7 @@ def test_dev_extra_holds_what_tests_and_notebooks_import():
     imported |= {"sympy"}  # the notebooks' derivations, run by nbval
     provided = {**_parse(PROJECT["dependencies"]), **extra("dev")}
     provided |= {"nbclient": "", "matplotlib-inline": ""}  # come with nbconvert / ipykernel
-    provided |= {"pillow": ""}  # comes with matplotlib
+    provided |= {"pillow": "", "jupyter-client": ""}  # come with matplotlib / ipykernel
     missing = {_normalize(DISTRIBUTION.get(n, n)) for n in imported} - set(provided)
     assert not missing
     assert set(extra("notebooks")) <= set(extra("dev"))  # make test runs the notebooks
