@@ -10,9 +10,9 @@ The browser may reach 127.0.0.1 only: a page that tries to load anything from th
 fails with a console error.
 
 ``make book-test`` builds the site once and points ``BOOK_HTML`` at it; without ``BOOK_HTML``
-the test builds the site itself (about 40 s). Chromium: Debian's ``chromium`` and
-``chromium-driver`` (``.ci/run`` installs them). Without them the test skips, except in CI
-(``CI=true``), where a missing browser is a failure.
+the test builds the site itself (about 40 s). The browser: tests/browser.py (Debian's
+``chromium`` and ``chromium-driver``, which ``.ci/run`` installs; without them the test skips,
+except in CI, where that is a failure).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import html.parser
 import http.server
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -30,11 +29,9 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from browser import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() == "true"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 EXPECTED = [
     "index.html",
     "notebooks/README.html",
@@ -42,19 +39,6 @@ EXPECTED = [
     *(f"exercises/{p.stem}.html" for p in sorted((ROOT / "exercises").glob("[0-9]*.ipynb"))),
     *(f"notebooks/answers/{p.stem}.html" for p in sorted(ROOT.glob("notebooks/answers/*.md"))),
 ]
-
-
-def _need_browser():
-    missing = [n for n, p in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not p]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip install -e '.[book]')")
-    if missing:
-        msg = f"the book test needs {', '.join(missing)}"
-        if IN_CI:
-            pytest.fail(msg + " (in CI: .ci/run installs chromium and chromium-driver)")
-        pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")
@@ -91,28 +75,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def browser(server, tmp_path_factory):
-    _need_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a driver
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--no-first-run",
-        "--disable-extensions", "--disable-sync", "--window-size=1280,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-        # nothing but the local server: a page that loads from the network logs an error
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    ):  # fmt: skip
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
-    yield driver
-    driver.quit()
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        yield driver
 
 
 # --------------------------------------------------------------------------------------------

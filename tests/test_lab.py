@@ -188,3 +188,141 @@ def test_metadata_only_rewrites_nothing_but_the_metadata(tmp_path):
     assert copy.read_text() == before
     bad = subprocess.run([*script, str(tmp_path / "missing.ipynb")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# a real JupyterLab in headless Chromium
+# --------------------------------------------------------------------------------------------
+
+OPEN_AND_WAIT_FOR_KERNEL = """
+const [path, done] = [arguments[0], arguments[arguments.length - 1]];
+(async () => {
+  const app = window.jupyterapp;
+  const widget = await app.commands.execute('docmanager:open', {path});
+  await widget.context.ready;
+  await widget.sessionContext.ready;
+  const kernel = widget.sessionContext.session.kernel;
+  await kernel.info;
+  const model = widget.context.model;
+  const start = Date.now();  // the panel writes language_info once kernel info has arrived
+  while (!(model.getMetadata('language_info') || {}).version && Date.now() - start < 5000) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  done({dirty: model.dirty, language_info: model.getMetadata('language_info')});
+})().catch((e) => done({error: String(e)}));
+"""
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on a scratch root holding the index and two small notebooks: one with the
+    metadata run_notebooks.py writes, one with the metadata committed before (the control)."""
+    import os
+    import time
+    import urllib.request
+
+    from browser import need_browser
+
+    need_browser()
+    tmp = tmp_path_factory.mktemp("lab")
+    root = tmp / "root"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "notebooks" / "README.md").write_text(
+        (ROOT / "notebooks" / "README.md").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    for name, info in (
+        ("fresh", run_notebooks.kernel_language_info()),
+        ("stale", {"name": "python", "pygments_lexer": "ipython3"}),
+    ):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [
+            nbformat.v4.new_markdown_cell("# A chapter"),
+            nbformat.v4.new_code_cell("1 + 1"),
+        ]
+        run_notebooks.clean(nb, info)
+        nbformat.write(nb, root / f"{name}.ipynb")
+    assert lab_settings.main([str(tmp / "settings" / "overrides.json")]) == 0
+    env = dict(os.environ)
+    for var, sub in (
+        ("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTERLAB_SETTINGS_DIR", "user-settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+    ):  # fmt: skip
+        env[var] = str(tmp / sub)
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+        f"--ServerApp.root_dir={root}", f"--LabApp.app_settings_dir={tmp / 'settings'}",
+        "--LabApp.default_url=/lab/tree/notebooks/README.md",
+        "--LabApp.expose_app_in_browser=True", "--allow-root",
+    ]  # fmt: skip
+    log = open(tmp / "lab.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "api/status", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail(
+                        "JupyterLab did not start:\n" + (tmp / "lab.log").read_text()[-2000:]
+                    )
+                time.sleep(0.5)
+        yield base, tmp
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_lab_opens_the_index_rendered_and_a_chapter_stays_clean(lab):
+    """make lab's settings, in a real JupyterLab: the default URL shows notebooks/README.md as
+    rendered Markdown (not its source); a notebook with run_notebooks.py's metadata is still
+    unmodified once its kernel has started, while the old metadata makes it dirty (the
+    control); no "Jupyter news" notification appears."""
+    from browser import chromium
+
+    base, tmp = lab
+    with chromium(tmp / "profile") as driver:
+        driver.get(base)  # the server redirects to --LabApp.default_url
+        rendered = driver.execute_async_script(
+            """
+const done = arguments[arguments.length - 1];
+const start = Date.now();
+(function poll() {
+  const md = [...document.querySelectorAll('.jp-MainAreaWidget .jp-RenderedMarkdown h1')];
+  const editors = document.querySelectorAll('.jp-MainAreaWidget .jp-FileEditor').length;
+  if (md.length && window.jupyterapp) { done({h1: md[0].textContent, editors: editors}); }
+  else if (Date.now() - start > 60000) { done({h1: null, editors: editors}); }
+  else { setTimeout(poll, 200); }
+})();
+"""
+        )
+        assert rendered["h1"] and "The derivation" in rendered["h1"], rendered
+        assert rendered["editors"] == 0
+        fresh = driver.execute_async_script(OPEN_AND_WAIT_FOR_KERNEL, "fresh.ipynb")
+        stale = driver.execute_async_script(OPEN_AND_WAIT_FOR_KERNEL, "stale.ipynb")
+        news = driver.execute_script(
+            "return [...document.querySelectorAll('.jp-toast-message, .Toastify__toast')]"
+            ".map((e) => e.textContent)"
+        )
+    assert "error" not in fresh and "error" not in stale, (fresh, stale)
+    assert fresh["language_info"] == run_notebooks.kernel_language_info()
+    assert fresh["dirty"] is False, fresh
+    assert stale["dirty"] is True, stale  # the control: the check can fail
+    assert not [t for t in news if "news" in t.lower()], news
