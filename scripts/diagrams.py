@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
-DPI = 100
+DPI = 120
 NAMES = ("roadmap.png", "tssa_layer.png", "tost_block.png", "tost_models.png")
 STYLE = {
     "font.family": "DejaVu Sans",
@@ -108,12 +108,12 @@ def save(fig, outdir, name):
 
 
 def roadmap(outdir):
-    fig, ax = canvas(13.0, 6.2)
-    w, h = 2.6, 1.05
-    ax.text(0.25, 5.85, "The course at a glance (ch. = chapter)", fontsize=13, weight="bold")
+    fig, ax = canvas(11.0, 6.2)
+    w, h, fs = 2.45, 1.05, 11
+    ax.text(0.2, 5.85, "The course at a glance (ch. = chapter)", fontsize=13, weight="bold")
     # row 1: the objective
-    label(ax, 0.25, 5.3, "the objective", fontsize=10, style="italic")
-    xs = [1.7, 4.9, 8.1, 11.3]
+    label(ax, 0.2, 5.3, "the objective", fontsize=11, style="italic")
+    xs = [1.425, 4.175, 6.925, 9.675]
     row1 = [
         "ch. 1  Coding rate\n$R(Z)$: bits to code\nthe tokens to precision $\\varepsilon$",
         "ch. 1  Compression\n$R_c$ per group, and the\nrate reduction $\\Delta R = R - R_c$",
@@ -122,11 +122,11 @@ def roadmap(outdir):
     ]
     y1 = 4.55
     for x, t in zip(xs, row1, strict=True):
-        box(ax, x, y1, w, h, t, OBJECTIVE)
+        box(ax, x, y1, w, h, t, OBJECTIVE, fontsize=fs)
     for a, b in zip(xs, xs[1:], strict=False):
         arrow(ax, (a + w / 2, y1), (b - w / 2, y1))
     # row 2: the layer and the network
-    label(ax, 0.25, 3.55, "the layer and the network", fontsize=10, style="italic")
+    label(ax, 1.6, 3.55, "the layer and the network", fontsize=11, style="italic")
     y2 = 2.85
     row2 = [
         "ch. 4  One step\n$Z - \\tau\\nabla R_c^{\\rm var}$, read\ntoken by token",
@@ -136,33 +136,35 @@ def roadmap(outdir):
     ]
     fills = [LAYER, LAYER, MODEL, MODEL]
     for x, t, fc in zip(xs, row2, fills, strict=True):
-        box(ax, x, y2, w, h, t, fc)
+        box(ax, x, y2, w, h, t, fc, fontsize=fs)
     for a, b in zip(xs, xs[1:], strict=False):
         arrow(ax, (a + w / 2, y2), (b - w / 2, y2))
     # from the gradient (end of row 1) back to the step (start of row 2)
     ymid = (y1 - h / 2 + y2 + h / 2) / 2
     path(ax, [(xs[3], y1 - h / 2), (xs[3], ymid), (xs[0], ymid), (xs[0], y2 + h / 2)])
     # row 3: what the course does with the layer, and with the models
-    y3, ws, hs = 0.85, 1.5, 0.95
+    y3, ws, hs = 0.9, 1.22, 0.95
     study = [
-        (0.95, "ch. 5\nlinear cost\nin $n$"),
-        (2.55, "ch. 6\nunrolled steps\non subspaces"),
-        (4.15, "ch. 7\nmanual\nbackprop"),
-        (5.75, "ch. 8\ncausal TSSA\n(prefix sums)"),
+        (0.81, "ch. 5\nlinear cost\nin $n$"),
+        (2.14, "ch. 6\nunrolled\nsteps"),
+        (3.47, "ch. 7\nmanual\nbackprop"),
+        (4.80, "ch. 8\ncausal TSSA\nprefix sums"),
     ]
     models = [
-        (7.85, "ch. 9\ndigits: ToST\nvs. softmax"),
-        (9.45, "ch. 10\ninside: rates\nlayer by layer"),
-        (11.05, "ch. 11\na character\nlanguage model"),
-        (12.45, "ch. 12\non a GPU"),
+        (6.32, "ch. 9\ndigits: ToST\nvs. softmax"),
+        (7.65, "ch. 10\nlayer by layer,\ninside"),
+        (8.98, "ch. 11\ncharacter\nlanguage model"),
+        (10.31, "ch. 12\ntraining\non a GPU"),
     ]
-    label(ax, 0.25, 1.65, "the layer, studied", fontsize=9, style="italic")
-    label(ax, 7.15, 1.65, "the models, trained and opened", fontsize=9, style="italic")
+    label(ax, 2.805, 0.2, "the layer, studied", fontsize=10, style="italic", ha="center")
+    label(
+        ax, 8.315, 0.2, "the models, trained and opened", fontsize=10, style="italic", ha="center"
+    )
     for x, t in study:
-        box(ax, x, y3, ws, hs, t, STUDY, fontsize=9)
+        box(ax, x, y3, ws, hs, t, STUDY, fontsize=10)
         path(ax, [(xs[1], y2 - h / 2), (xs[1], 1.95), (x, 1.95), (x, y3 + hs / 2)], ls=":")
-    for i, (x, t) in enumerate(models):
-        box(ax, x, y3, ws if i < 3 else 1.1, hs, t, STUDY, fontsize=9)
+    for x, t in models:
+        box(ax, x, y3, ws, hs, t, STUDY, fontsize=10)
         path(ax, [(xs[3], y2 - h / 2), (xs[3], 1.95), (x, 1.95), (x, y3 + hs / 2)], ls=":")
     save(fig, outdir, "roadmap.png")
 
@@ -277,11 +279,11 @@ def tost_block(outdir):
 
 
 def tost_models(outdir):
-    fig, ax = canvas(13.0, 8.6)
-    ax.text(0.3, 8.25, "The models built from the block", fontsize=13, weight="bold")
+    fig, ax = canvas(11.0, 8.8)
+    ax.text(0.3, 8.5, "The models built from the block", fontsize=13, weight="bold")
     columns = [
         (
-            2.2,
+            1.85,
             "Image classifier\nmodels.ToSTClassifier (ch. 9, 10)",
             [
                 ("image (B, 1, 8, 8)", ARRAY),
@@ -294,7 +296,7 @@ def tost_models(outdir):
             ],
         ),
         (
-            6.5,
+            5.5,
             "Language model\nmodels.ToSTLanguageModel (ch. 11, 12)",
             [
                 ("character ids (B, T)", ARRAY),
@@ -307,7 +309,7 @@ def tost_models(outdir):
             ],
         ),
         (
-            10.8,
+            9.15,
             "ToST-CAB, the paper's vision layout\nvision.ToSTCAB (README results)",
             [
                 ("image (B, C, H, W)", ARRAY),
@@ -320,13 +322,13 @@ def tost_models(outdir):
             ],
         ),
     ]
-    bw, bh, top, step = 3.7, 0.72, 6.95, 1.0
+    bw, bh, top, step = 3.4, 0.78, 7.1, 1.02
     for x, title, items in columns:
-        ax.text(x, 7.75, title, ha="center", va="center", fontsize=10.5, weight="bold")
+        ax.text(x, 7.95, title, ha="center", va="center", fontsize=11.5, weight="bold")
         ys = [top - k * step for k in range(len(items))]
         for y, (t, fc) in zip(ys, items, strict=True):
             lw = 1.8 if fc == MODEL else 1.0
-            box(ax, x, y, bw, bh if "\n" in t else 0.5, t, fc, fontsize=9, lw=lw)
+            box(ax, x, y, bw, bh if "\n" in t else 0.5, t, fc, fontsize=10.5, lw=lw)
         for (ya, (ta, _)), (yb, (tb, _)) in zip(
             zip(ys, items, strict=True), zip(ys[1:], items[1:], strict=True), strict=False
         ):
@@ -334,9 +336,9 @@ def tost_models(outdir):
             hb = bh if "\n" in tb else 0.5
             arrow(ax, (x, ya - ha / 2), (x, yb + hb / 2))
     label(
-        ax, 0.3, 0.2, "green: the ToST block (LN, TSSA, residual, LN, MLP, "
-        "residual), repeated; the softmax baselines (ViT, GPT) swap TSSA for softmax attention",
-        fontsize=9,
+        ax, 0.3, 0.3, "green: the ToST block (LN, TSSA, residual, LN, MLP, residual), repeated.\n"
+        "The softmax baselines (ViT, GPT) swap TSSA for softmax attention.",
+        fontsize=10,
     )  # fmt: skip
     save(fig, outdir, "tost_models.png")
 
