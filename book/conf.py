@@ -77,6 +77,7 @@ if repository:
         repository_branch=os.environ.get("BOOK_REPOSITORY_BRANCH", "main"),
         use_repository_button=True,
         launch_buttons={
+            "notebook_interface": "jupyterlab",
             "binderhub_url": "https://mybinder.org",
             "colab_url": "https://colab.research.google.com",
         },
