@@ -1,6 +1,7 @@
 # whitebox: two commands do all set-up on a machine with Python >= 3.11 and pip.
 #   make train   -- create .venv, install the library alone, train the default ToST on the digits
-#   make test    -- create .venv, install the library with [dev], run pytest, nbval and ruff
+#   make test    -- create .venv, install the library with [dev], run pytest, nbval and ruff,
+#                   then build the book and read every page in headless Chromium
 # Each target installs only what it needs; a stamp file per extra remembers what is installed.
 PYTHON ?= python3
 VENV   := .venv
@@ -8,9 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
-LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises
+LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises book
 
-.PHONY: all venv venv-lib venv-notebooks train test lint pytest nbval lab notebooks exercises results bench torch demo clean nbval-other-cpu
+.PHONY: all venv venv-lib venv-notebooks venv-book train test lint pytest nbval lab notebooks exercises results bench torch demo clean nbval-other-cpu book book-test diagrams
 
 all: test
 
@@ -27,12 +28,17 @@ $(VENV)/.installed-notebooks: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
 	touch $@ $(VENV)/.installed-lib
 
+$(VENV)/.installed-book: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[book]"
+	touch $@ $(VENV)/.installed-lib
+
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $@ $(VENV)/.installed-notebooks $(VENV)/.installed-lib
+	touch $@ $(VENV)/.installed-notebooks $(VENV)/.installed-book $(VENV)/.installed-lib
 
 venv-lib: $(VENV)/.installed-lib
 venv-notebooks: $(VENV)/.installed-notebooks
+venv-book: $(VENV)/.installed-book
 venv: $(STAMP)
 
 train: venv-lib
@@ -41,24 +47,42 @@ train: venv-lib
 demo: venv-lib
 	$(BIN)/python -m whitebox.demo
 
-test: venv lint pytest nbval
+test: venv lint pytest nbval book-test
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 
 pytest: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/test_book.py
 
 # Notebooks draw inline whatever MPLBACKEND the caller has set (Agg would drop every figure).
 nbval: venv
 	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg $(NOTEBOOKS) $(SOLUTIONS)
 
+# The course as a static web site in _build/html (index.html): the committed notebooks with their
+# stored outputs, nothing executed, nothing downloaded. MATHJAX=cdn loads MathJax from its CDN
+# (for a published site); the default serves the local copy, so the site reads offline.
+MATHJAX ?= local
+book: venv-book
+	BOOK_MATHJAX=$(MATHJAX) $(BIN)/python scripts/build_book.py
+
+# Build the book once, then open every page in headless Chromium (tests/test_book.py).
+book-test: venv book
+	BOOK_HTML=$(CURDIR)/_build/html $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_book.py
+
+# Redraw the diagrams of notebooks/figures/ (scripts/diagrams.py; commit the PNGs).
+diagrams: venv-lib
+	$(BIN)/python scripts/diagrams.py
+
 # JupyterLab at the repository root, opened on the notebooks' index, so that notebooks/ and
-# exercises/ are both reachable. Jupyter refuses to start as root (common in containers and
-# cloud notebooks) unless told --allow-root: pass it only when we are root.
+# exercises/ are both reachable. scripts/lab_settings.py first writes the environment's settings
+# overrides: Markdown opens rendered (the index shows its tables, formulas and links), no
+# "Jupyter news" pop-up. Jupyter refuses to start as root (common in containers and cloud
+# notebooks) unless told --allow-root: pass it only when we are root.
 lab: venv-notebooks
+	$(BIN)/python scripts/lab_settings.py
 	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/README.md \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -83,7 +107,7 @@ torch: venv
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build _build *.egg-info
 
 # nbval once more under an OpenBLAS kernel other than this CPU's own (see scripts/other_cpu.py):
 # what nbval compares must not depend on the CPU (float32 products round differently per kernel).

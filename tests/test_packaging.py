@@ -57,9 +57,9 @@ def yml_requirements(path: Path) -> dict[str, str]:
     lines = path.read_text().splitlines()
     start = lines.index("dependencies:")  # skip name: and channels:
     for line in lines[start + 1 :]:
-        if line.strip().startswith("#") or line.startswith("      "):
-            continue  # comments, and the entries of the nested pip: section
-        m = NAME.match(line)
+        if line.strip().startswith("#") or line.strip() == "- -e .":
+            continue  # comments, and the local package in the nested pip: section
+        m = NAME.match(line)  # conda packages, and those of the nested pip: section
         if m and m.group(1) not in ("python", "pip"):
             out[_normalize(m.group(1))] = (m.group(2) or "").replace(" ", "")
     return out
@@ -101,7 +101,7 @@ def test_cupy_only_in_the_gpu_extras_one_per_cuda_major_version():
 
 
 # import name -> distribution name, where they differ
-DISTRIBUTION = {"sklearn": "scikit-learn"}
+DISTRIBUTION = {"sklearn": "scikit-learn", "PIL": "pillow", "jupyter_client": "jupyter-client"}
 OPTIONAL = {"cupy", "cupyx", "torch"}  # imported behind a guard: the gpu extras, make torch
 
 
@@ -134,6 +134,7 @@ def test_dev_extra_holds_what_tests_and_notebooks_import():
     imported |= {"sympy"}  # the notebooks' derivations, run by nbval
     provided = {**_parse(PROJECT["dependencies"]), **extra("dev")}
     provided |= {"nbclient": "", "matplotlib-inline": ""}  # come with nbconvert / ipykernel
+    provided |= {"pillow": "", "jupyter-client": ""}  # come with matplotlib / ipykernel
     missing = {_normalize(DISTRIBUTION.get(n, n)) for n in imported} - set(provided)
     assert not missing
     assert set(extra("notebooks")) <= set(extra("dev"))  # make test runs the notebooks
