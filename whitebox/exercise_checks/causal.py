@@ -167,6 +167,8 @@ def _causal_spec() -> Spec:
         "causal_tssa_forward", "causal_tssa_forward(x, params) -> (out, cache)",
         "whitebox.nn.causal_tssa_forward", lambda: _causal_cases(701) + [_large_scores_case(702, causal=True)], ref, extract=extract,
         extra=extra,
+        withheld=lambda: [("whitebox.nn.causal_tssa_forward", nn.causal_tssa_forward),
+                          ("whitebox.exercise_checks.causal_tssa_reference", causal_tssa_reference)],
         slips=[
             Slip(name, hint, slip(k), detect=_DETECT.get(k)) for k, (name, hint) in CAUSAL_SLIPS.items()
         ], shapes="x (B, T, D); denom_bias (H, block_size, 1), use [:, :T]; cache: w, y, v (B, H, T, p), pi (B, H, T)",

@@ -7,7 +7,18 @@ import time
 
 import numpy as np
 
-from .core import Case, CheckResult, Slip, Spec, _where_raised, run_check
+from .core import (
+    DELEGATES,
+    WRITE_IT_YOURSELF,
+    Case,
+    CheckResult,
+    Slip,
+    Spec,
+    _delegation,
+    _where_raised,
+    run_check,
+    withhold,
+)
 
 #: How long the checker's test function sleeps, call after call (cycling): the best, the
 #: median, the mean, the total and the slowest call all differ by a factor 1.6 or more.
@@ -51,7 +62,8 @@ def check_time_call(time_call) -> CheckResult:
         return r
 
     try:
-        t = time_call(f, 5)
+        with withhold(_bench_withheld(), [time_call]):
+            t = time_call(f, 5)
     except NotImplementedError:
         lines[:] = [
             f"… {name}: not implemented yet (it raises NotImplementedError). "
@@ -60,6 +72,9 @@ def check_time_call(time_call) -> CheckResult:
         return finish("not implemented")
     except Exception as exc:
         where = _where_raised(time_call, exc)
+        if _delegation(exc):
+            lines.append(f"✗ {name} calls the library's timer: {WRITE_IT_YOURSELF}.")
+            return finish("wrong", quantity="time", slips=[DELEGATES])
         lines.append(
             f"✗ {name} raised {type(exc).__name__}: {exc}" + (f", {where}" if where else "")
         )
@@ -109,6 +124,16 @@ def check_time_call(time_call) -> CheckResult:
     return finish("wrong", quantity="time")
 
 
+def _bench_withheld():
+    """The library's own timer and fit (``whitebox.bench``)."""
+    import importlib
+
+    bench = importlib.import_module("whitebox.bench")
+    return [("whitebox.bench.fit_exponent", bench.fit_exponent),
+            ("whitebox.bench._median_time", getattr(bench, "_median_time", None)),
+            ("whitebox.bench._interleaved", getattr(bench, "_interleaved", None))]  # fmt: skip
+
+
 def _fit_exponent_spec() -> Spec:
     def cases():
         rng = np.random.default_rng(801)
@@ -145,6 +170,7 @@ def _fit_exponent_spec() -> Spec:
                  "fit (np.polyfit(log n, log t, 1)).",
                  slip(lambda n, t: (np.log(t[-1]) - np.log(t[0])) / (np.log(n[-1]) - np.log(n[0])))),
         ], shapes="ns and times are 1-d arrays of the same length; return a float",
+        withheld=_bench_withheld,
     )  # fmt: skip
 
 

@@ -5,9 +5,18 @@ A checker is a :class:`Spec` (the cases, the reference, the known slips) handed 
 exercise's specs each; this one knows nothing about any exercise.
 
 Relative errors are entry-wise with a floor, |a - b| / max(floor, |a| + |b|), as in
-:mod:`whitebox.gradcheck`; everything is compared in float64.
+:mod:`whitebox.gradcheck`; beside the largest of them the table shows the norm-based error
+‖got − expected‖ / ‖expected‖, which does not saturate (the entry-wise error is at most 1
+however far apart the values are). Everything is compared in float64.
+
+Answers must compute: while the learner's function runs, the library's reference
+implementations of that exercise (the spec's ``withheld``) are replaced, everywhere a learner
+could reach them, by stand-ins that raise :class:`DelegatesToLibrary` ("this exercise asks you
+to write it yourself"); see :func:`withhold`. The checker computes its expected values with the
+true references, outside that window.
 """
 
+import contextlib
 import copy
 import linecache
 import math
@@ -16,6 +25,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 
@@ -23,6 +33,10 @@ import numpy as np
 TOL = 1e-6
 #: Floor of the relative error's denominator: |a - b| / max(FLOOR, |a| + |b|).
 FLOOR = 1e-8
+#: The slip named when the learner's function calls a withheld library reference.
+DELEGATES = "delegates to the library"
+#: What a withheld reference says when it is called.
+WRITE_IT_YOURSELF = "this exercise asks you to write it yourself"
 
 
 # ============================================================================ results and specs
@@ -33,8 +47,10 @@ class CheckResult:
     """What a checker found. Truthy exactly when ``status == 'passed'``.
 
     status: 'passed', 'not implemented', 'wrong' or 'error'; quantity/case: the first wrong
-    quantity and the case it was found in; rel_error: its largest relative error; slips: the
-    names of the known slips the output matches; message: the feedback that was printed."""
+    quantity and the case it was found in; rel_error: its largest entry-wise relative error;
+    norm_error: ‖got − expected‖ / ‖expected‖ for it; slips: the names of the known slips the
+    output matches (``DELEGATES`` when it called a withheld library function); message: the
+    feedback that was printed."""
 
     name: str
     status: str
@@ -43,6 +59,7 @@ class CheckResult:
     rel_error: float | None = None
     slips: list[str] = field(default_factory=list)
     message: str = ""
+    norm_error: float | None = None
 
     def __bool__(self) -> bool:
         return self.status == "passed"
@@ -92,10 +109,87 @@ class Spec:
     relative_floor: float = 0.0  # floor also >= relative_floor * max|expected|
     extra: Callable | None = None  # (fn) -> list of problems (strings)
     shapes: str = ""  # the layout, printed with an exception (most are shape slips)
+    # () -> [(public name, object)]: the library's answers, withheld while fn runs
+    withheld: Callable | None = None
+    # (fn, args) -> [other functions whose globals the learner's code may reach]
+    namespaces: Callable | None = None
 
 
 class BadOutput(Exception):
     """The learner's output has the wrong form (raised by ``extract``)."""
+
+
+# ============================================================================ withheld answers
+
+
+class DelegatesToLibrary(RuntimeError):
+    """Raised by a withheld library function: the learner's code called the answer."""
+
+
+def _stand_in(name):
+    def withheld(*args, **kwargs):
+        raise DelegatesToLibrary(f"{name} is withheld here: {WRITE_IT_YOURSELF}")
+
+    withheld.__name__ = withheld.__qualname__ = name.rsplit(".", 1)[-1]
+    withheld.__doc__ = f"{name}, withheld while a checker runs: {WRITE_IT_YOURSELF}."
+    return withheld
+
+
+def _namespaces_of(fns):
+    """Every namespace a learner's code could reach a library function through: the modules
+    of ``whitebox`` (the library and its checkers) and the globals of the learner's functions
+    (a notebook's namespace, where ``from whitebox.mcr2 import ...`` put names)."""
+    spaces = [
+        vars(m)
+        for name, m in list(sys.modules.items())
+        if isinstance(m, ModuleType) and (name == "whitebox" or name.startswith("whitebox."))
+    ]
+    for fn in fns:
+        g = getattr(fn, "__globals__", None)
+        if g is None:  # a partial, a bound method, a callable object: look at what it wraps
+            inner = getattr(fn, "func", None) or getattr(fn, "__func__", None)
+            g = getattr(inner, "__globals__", None)
+        if isinstance(g, dict) and not any(g is sp for sp in spaces):
+            spaces.append(g)
+    return spaces
+
+
+@contextlib.contextmanager
+def withhold(refs, fns=()):
+    """Within the block, every name that is bound to one of the objects in ``refs`` ((public
+    name, object) pairs), in any ``whitebox`` module or in the globals of ``fns``, is bound to a
+    stand-in that raises :class:`DelegatesToLibrary`. The names are found by object identity,
+    so a function re-exported under another module (``whitebox.coding_rate`` is
+    ``whitebox.mcr2.coding_rate``) or imported under another name is withheld too. Everything
+    is restored on leaving the block, also on an exception."""
+    refs = [(name, obj) for name, obj in refs if obj is not None]
+    if not refs:
+        yield
+        return
+    stand_ins = {id(obj): (obj, _stand_in(name)) for name, obj in refs}
+    saved = []
+    try:
+        for space in _namespaces_of(fns):
+            for key, value in list(space.items()):
+                hit = stand_ins.get(id(value))
+                if hit is not None and hit[0] is value:
+                    saved.append((space, key, value))
+                    space[key] = hit[1]
+        yield
+    finally:
+        for space, key, value in reversed(saved):
+            space[key] = value
+
+
+def _delegation(exc) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a withheld function's."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, DelegatesToLibrary) or WRITE_IT_YOURSELF in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 # ============================================================================ comparisons
@@ -153,6 +247,26 @@ def compare(expected, got, tol, floor, relative_floor=0.0, broadcast=False):
     if not np.all(np.isfinite(g)) and np.all(np.isfinite(e)):
         detail += f" ({int(np.sum(~np.isfinite(g)))} entries are nan or inf)"
     return False, worst, detail
+
+
+def norm_error(expected, got) -> float:
+    """‖got − expected‖ / ‖expected‖ (Frobenius), nan when the shapes differ, inf for a
+    non-finite got; 0 when both are 0. Unlike the entry-wise error it does not saturate."""
+    try:
+        e = np.asarray(expected, dtype=np.float64)
+        g = _to_float_array(got)
+        if g.shape != e.shape:
+            g = g.reshape(e.shape)
+    except (BadOutput, ValueError):
+        return math.nan
+    if not (np.all(np.isfinite(e)) and np.all(np.isfinite(g))):
+        same = np.array_equal(e, g, equal_nan=True)
+        return 0.0 if same else math.inf
+    ne = float(np.sqrt(np.sum(e * e)))
+    nd = float(np.sqrt(np.sum((g - e) ** 2)))
+    if ne == 0:
+        return 0.0 if nd == 0 else math.inf
+    return nd / ne
 
 
 def _num(v) -> str:
@@ -291,14 +405,14 @@ def _default_call(fn, args):
 
 
 def _table(rows) -> str:
-    head = ("case", "quantity", "expected", "got", "rel. error", "")
+    head = ("case", "quantity", "expected", "got", "max entry err", "‖got−exp‖/‖exp‖", "")
     cells = [head] + [tuple(r) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = []
     for c in cells:
         parts = [c[0].ljust(widths[0]), c[1].ljust(widths[1])]
-        parts += [c[i].rjust(widths[i]) for i in (2, 3, 4)]
-        parts.append(c[5])
+        parts += [c[i].rjust(widths[i]) for i in (2, 3, 4, 5)]
+        parts.append(c[6])
         lines.append("  " + "  ".join(parts).rstrip())
     return "\n".join(lines)
 
@@ -369,6 +483,7 @@ def run_check(spec: Spec, fn) -> CheckResult:
         return finish(CheckResult(name, "error"))
 
     call = spec.call or _default_call
+    withheld = spec.withheld() if spec.withheld else []
     runs: list[tuple[Case, dict]] = []  # (case, learner's quantities) for cases that ran
     rows: list[tuple] = []
     problems: list[str] = []
@@ -377,8 +492,10 @@ def run_check(spec: Spec, fn) -> CheckResult:
     cases = spec.cases()
     for case in cases:
         args = copy.deepcopy(case.args)
+        reach = [fn] + (list(spec.namespaces(fn, args)) if spec.namespaces else [])
         try:
-            output = call(fn, args)
+            with withhold(withheld, reach):
+                output = call(fn, args)
         except NotImplementedError:
             lines.append(
                 f"… {name}: not implemented yet (it raises NotImplementedError). "
@@ -387,6 +504,15 @@ def run_check(spec: Spec, fn) -> CheckResult:
             return finish(CheckResult(name, "not implemented"))
         except Exception as exc:  # the learner's bug: report it, never raise
             where = _where_raised(fn, exc)
+            if _delegation(exc):
+                names = ", ".join(dict.fromkeys(n for n, _ in withheld if n.startswith("whitebox")))
+                lines.append(
+                    f"✗ {name} calls the library's answer"
+                    + (f" ({where})" if where else "")
+                    + f": {WRITE_IT_YOURSELF}.\n  While it is checked, these are withheld: "
+                    f"{names}. Compute the result from the formula with NumPy."
+                )
+                return finish(CheckResult(name, "wrong", case=case.name, slips=[DELEGATES]))
             msg = f"{type(exc).__name__}: {exc}".strip()
             error_line = f"✗ {name} raised {msg}\n  in case '{case.name}'" + (
                 f", {where}" if where else ""
@@ -410,22 +536,29 @@ def run_check(spec: Spec, fn) -> CheckResult:
         runs.append((case, got))
         for q, e in expected.items():
             if q not in got:
-                rows.append((case.name, q, _show(e), "missing", "-", "✗"))
+                rows.append((case.name, q, _show(e), "missing", "-", "-", "✗"))
                 if first_wrong is None:
-                    first_wrong = (case, q, math.nan, f"the output has no {q!r}", e, None)
+                    first_wrong = (case, q, math.nan, f"the output has no {q!r}", e, None, math.nan)
                 continue
             ok, err, detail = compare(e, got[q], spec.tol, spec.floor, spec.relative_floor)
             shown = _show(got[q]) if not detail.startswith("shape") else "shape"
-            rows.append((case.name, q, _show(e), shown, show_err(err), "✓" if ok else "✗"))
+            nerr = norm_error(e, got[q])
+            rows.append(
+                (case.name, q, _show(e), shown, show_err(err), show_err(nerr), "✓" if ok else "✗")
+            )
             if not ok and first_wrong is None:
-                first_wrong = (case, q, err, detail, e, got[q])
+                first_wrong = (case, q, err, detail, e, got[q], nerr)
 
     if error_line is None and spec.extra:  # on failures too: its findings explain them
         try:
-            problems += spec.extra(fn)
+            with withhold(withheld, [fn]):
+                problems += spec.extra(fn)
         except NotImplementedError:
             pass
         except Exception as exc:
+            if _delegation(exc):
+                lines.append(f"✗ {name} calls the library's answer: {WRITE_IT_YOURSELF}.")
+                return finish(CheckResult(name, "wrong", slips=[DELEGATES]))
             problems.append(f"{name} raised {type(exc).__name__}: {exc} in an extra check")
 
     lines.append(
@@ -444,9 +577,15 @@ def run_check(spec: Spec, fn) -> CheckResult:
     if error_line:
         lines.append(error_line)
     if first_wrong is not None:
-        case, q, err, detail, e, g = first_wrong
+        case, q, err, detail, e, g, nerr = first_wrong
         result.quantity, result.case, result.rel_error = q, case.name, err
-        size = "" if math.isnan(err) else f"relative error {show_err(err)}; "
+        result.norm_error = nerr
+        size = (
+            ""
+            if math.isnan(err)
+            else f"largest entry-wise error {show_err(err)}, ‖got − expected‖/‖expected‖ = "
+            f"{show_err(nerr)}; "
+        )
         stop = "" if detail.endswith(("?", ".")) else "."
         lines.append(f"✗ {q} is wrong in case '{case.name}': {size}{detail}{stop}")
         order = list(spec.reference(case))

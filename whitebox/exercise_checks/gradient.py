@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import mcr2
+from .. import gradcheck, mcr2
 from .core import Case, CheckResult, Slip, Spec, orthonormal, run_check, soft_pi
 from .rates import _hard
 from .variational import _stats, _variational_cases
@@ -78,6 +78,13 @@ def _grad_slips(key, wrap=lambda c, G: G):
     ]  # fmt: skip
 
 
+def _grad_withheld():
+    """The library's answers to exercise 03b (Z − tssa_step(Z, ..., τ=1) is the gradient)."""
+    return [("whitebox.variational_compression_grad", mcr2.variational_compression_grad),
+            ("whitebox.tssa_step", mcr2.tssa_step),
+            ("the checker's own reference", _var_grad)]  # fmt: skip
+
+
 def _grad_spec() -> Spec:
     def ref(c):
         return {"grad": mcr2.variational_compression_grad(*c.args.values())}
@@ -86,6 +93,7 @@ def _grad_spec() -> Spec:
         "variational_compression_grad", "variational_compression_grad(Z, Pi, U, eps)",
         "whitebox.variational_compression_grad", lambda: _variational_cases(301), ref,
         quantity="grad", slips=_grad_slips("grad"), shapes="Z (d, n), Pi (n, K), U (K, d, p); return (d, n)",
+        withheld=_grad_withheld,
     )  # fmt: skip
 
 
@@ -162,6 +170,8 @@ def _numerical_gradient_spec() -> Spec:
                  "Z − h E, divided by 2h): a step fixed inside the function, or a default that "
                  "shadows the argument, gives the right answer only for that one h.", exact),
         ], shapes="f maps an array shaped like Z to a float; return an array shaped like Z",
+        withheld=lambda: [("whitebox.gradcheck.numerical_grad", gradcheck.numerical_grad),
+                          ("the checker's own reference", _fd)],
     )  # fmt: skip
 
 

@@ -27,6 +27,15 @@ def _hard(Pi):
     return np.eye(Pi.shape[1])[np.argmax(Pi, axis=1)]
 
 
+def _rates_withheld():
+    """The library's answers to exercise 01 (R from R_c with one group, or R − ΔR, too)."""
+    return [("whitebox.coding_rate", mcr2.coding_rate),
+            ("whitebox.compression_rate", mcr2.compression_rate),
+            ("whitebox.rate_reduction", mcr2.rate_reduction),
+            ("whitebox.mcr2._log1p_alpha_gram", getattr(mcr2, "_log1p_alpha_gram", None)),
+            ("the checker's own reference", _rate), ("the checker's own reference", _comp)]  # fmt: skip
+
+
 LOG_BASES = {"2": np.log(2.0), "10": np.log(10.0)}
 """The bases of the logarithm slips: a log in base b is the natural log divided by ln b."""
 
@@ -85,6 +94,7 @@ def _coding_rate_spec() -> Spec:
             Slip("np.cov (centred, and 1/(n − 1))", "np.cov subtracts the mean and divides by "
                  "n − 1; R needs (d/(n ε²)) Z Zᵀ with the raw Z.", np_cov),
         ], shapes="Z is (d, n) with the tokens as columns, eps a float; return a float",
+        withheld=_rates_withheld,
     )  # fmt: skip
 
 
@@ -165,6 +175,7 @@ def _compression_rate_spec() -> Spec:
                  "of its term); skip it instead of dividing by n_k = 0.",
                  slip(skip_empty=False)),
         ], shapes="Z (d, n), Pi (n, K), eps a float; return a float",
+        withheld=_rates_withheld,
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import mcr2
 from .core import Case, CheckResult, Slip, Spec, normalized_over, orthonormal, run_check
-from .gradient import _grad_slips, _var_grad
+from .gradient import _grad_slips, _grad_withheld, _var_grad
 from .variational import _variational_cases
 
 
@@ -52,6 +52,7 @@ def _tssa_step_spec() -> Spec:
         quantity="Z_+",
         slips=slips,
         shapes="Z (d, n), Pi (n, K), U (K, d, p), eps and tau floats; return (d, n)",
+        withheld=_grad_withheld,
     )
 
 
@@ -124,6 +125,8 @@ def _membership_spec() -> Spec:
                  "is soft: exp the (shifted) scores and normalize each row, rather than putting "
                  "1 at the largest score.", slip(hard=True)),
         ], shapes="Z (d, n), U (K, d, p), eta a float; return Pi (n, K)",
+        withheld=lambda: [("whitebox.estimate_membership", mcr2.estimate_membership),
+                          ("the checker's own reference", _membership)],
     )  # fmt: skip
 
 

@@ -233,7 +233,7 @@ def _forward_spec_parts(name, library_forward, reference):
 
 
 def _tssa_forward_spec() -> Spec:
-    from .. import nn
+    from .. import kernels, nn
 
     ref, extract, slip = _forward_spec_parts("tssa_forward", nn.tssa_forward, tssa_reference)
     return Spec(
@@ -248,6 +248,11 @@ def _tssa_forward_spec() -> Spec:
             for k, (name, hint) in TSSA_FORWARD_SLIPS.items()
         ],
         shapes="x (B, n, D); qkv.weight (D, D), qkv.bias (D,), temp (H, 1), proj.weight (D, D), proj.bias (D,); cache: w (B, H, n, p), pi (B, H, n), y (B, H, p), v (B, H, n, p)",
+        withheld=lambda: [
+            ("whitebox.nn.tssa_forward", nn.tssa_forward),
+            ("whitebox.kernels.tssa_core_forward", getattr(kernels, "tssa_core_forward", None)),
+            ("whitebox.exercise_checks.tssa_reference", tssa_reference),
+        ],
     )
 
 
@@ -402,6 +407,16 @@ PARAM_SLIPS = {
 }  # fmt: skip
 
 
+def _backward_withheld():
+    from .. import kernels, nn
+
+    return [
+        ("whitebox.nn.tssa_backward", nn.tssa_backward),
+        ("whitebox.kernels.tssa_core_backward", getattr(kernels, "tssa_core_backward", None)),
+        ("whitebox.exercise_checks.tssa_backward_reference", tssa_backward_reference),
+    ]
+
+
 def _tssa_backward_spec(forward) -> Spec:
     def cases():
         out = []
@@ -476,6 +491,8 @@ def _tssa_backward_spec(forward) -> Spec:
         ]
         + [Slip(name, hint, detect=_param_slip(k)) for k, (name, hint) in PARAM_SLIPS.items()],
         shapes="dout (B, n, D); return dx (B, n, D) and grads shaped like the parameters: qkv.weight (D, D), qkv.bias (D,), temp (H, 1), proj.weight (D, D), proj.bias (D,)",
+        withheld=_backward_withheld,
+        namespaces=lambda fn, args: [forward],
     )
 
 
