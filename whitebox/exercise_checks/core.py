@@ -35,6 +35,8 @@ TOL = 1e-6
 FLOOR = 1e-8
 #: The slip named when the learner's function calls a withheld library reference.
 DELEGATES = "delegates to the library"
+#: The slip named when the learner's function changes an input array.
+CHANGES_INPUT = "changed its input in place"
 #: What a withheld reference says when it is called.
 WRITE_IT_YOURSELF = "this exercise asks you to write it yourself"
 
@@ -613,6 +615,8 @@ def run_check(spec: Spec, fn) -> CheckResult:
                 "  No known slip matches. "
                 + (hint or "Compare your code with the formula step by step.")
             )
+    if any("changed its input `" in p for p in problems) and CHANGES_INPUT not in result.slips:
+        result.slips.append(CHANGES_INPUT)
     for p in problems:
         lines.append(f"✗ {p}")
     return finish(result)
