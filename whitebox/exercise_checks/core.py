@@ -342,7 +342,7 @@ def _ratio_hint(expected, got, others=()) -> str:
     if exact:
         ratios = [(name, _best_ratio(oe, og)) for name, oe, og in others]
         differ = [
-            (name, f[0])
+            (name, None if f is None else f[0])
             for name, f in ratios
             if f is None or not f[1] or abs(f[0] - r) > 1e-6 * max(abs(r), 1e-300)
         ]

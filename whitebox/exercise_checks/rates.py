@@ -40,6 +40,18 @@ LOG_BASES = {"2": np.log(2.0), "10": np.log(10.0)}
 """The bases of the logarithm slips: a log in base b is the natural log divided by ln b."""
 
 
+def _no_identity(case, got):
+    """R without the I: right where Z Zᵀ has full rank; where it is singular, logdet is −∞ and
+    a learner's np.log(np.linalg.det(...)) returns −∞, nan or a huge negative round-off value."""
+    Z, eps = case.args["Z"], case.args["eps"]
+    d, n = Z.shape
+    want = _rate(Z, d / (n * eps**2), identity=0.0)
+    value = float(np.asarray(got["R"], dtype=np.float64))
+    if np.linalg.matrix_rank(Z) == d:
+        return abs(value - want) <= 1e-6 * max(abs(want), 1e-8)
+    return not np.isfinite(value) or value < -20.0
+
+
 def _coding_rate_spec() -> Spec:
     def cases():
         rng = np.random.default_rng(101)
@@ -96,7 +108,7 @@ def _coding_rate_spec() -> Spec:
                  "n − 1; R needs (d/(n ε²)) Z Zᵀ with the raw Z.", np_cov),
             Slip("the identity I is missing", "R = ½ logdet(I + (d/(n ε²)) Z Zᵀ): without "
                  "the I the matrix is singular when n < d (logdet = −∞), and the rate of a "
-                 "tiny Z is not 0.", slip(identity=0.0)),
+                 "tiny Z is not 0.", slip(identity=0.0), detect=_no_identity),
             Slip("n squared in the scale (d/(n ε)²)", "the scale is d/(n ε²): only ε is "
                  "squared; mind the parentheses.", slip(scale=lambda d, n, e: d / (n * e) ** 2)),
             Slip("ε² multiplies instead of divides", "the scale is d/(n ε²): `d / n * eps**2` "
