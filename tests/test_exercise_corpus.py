@@ -103,7 +103,29 @@ def comp_diag_twice(Z, Pi, eps):
     return total
 
 
+def cr_gram_with_identity_d(Z, eps):
+    d, n = Z.shape
+    return 0.5 * np.linalg.slogdet(np.eye(d) + d / (n * eps**2) * Z.T @ Z)[1]
+
+
+def comp_nk_as_count(Z, Pi, eps):
+    d, n = Z.shape
+    total = 0.0
+    for k in range(Pi.shape[1]):
+        pk = Pi[:, k]
+        nk = len(pk)
+        if pk.sum() == 0:
+            continue
+        total += nk / (2 * n) * np.linalg.slogdet(np.eye(d) + d / (nk * eps**2) * (Z * pk) @ Z.T)[1]
+    return total
+
+
 # ============================================================================ exercise 02
+
+
+def ts_groups_last(Z, Pi, U):
+    UtZ = np.einsum("kdp,dn->kpn", U, Z)
+    return (np.einsum("kpn,nk->kp", UtZ**2, Pi) / Pi.sum(axis=0)[:, None]).T
 
 
 def ts_mean_over_tokens(Z, Pi, U):
@@ -219,6 +241,19 @@ def numgrad_forward(f, Z, h=1e-5):
 # ============================================================================ exercise 04
 
 
+def grad_tokens_as_rows(Z, Pi, U, eps):
+    d, n = Z.shape
+    c = d / eps**2
+    UtZ = np.einsum("kdp,dn->kpn", U, Z)
+    y = np.einsum("kpn,nk->kp", UtZ**2, Pi) / Pi.sum(axis=0)[:, None]
+    return np.einsum("kdp,kp,kpn,nk->nd", U, c / (1 + c * y), UtZ, Pi) / n
+
+
+def memb_groups_by_tokens(Z, U, eta):
+    s = np.sum(np.einsum("kdp,dn->kpn", U, Z) ** 2, axis=1) / (2 * eta)  # (K, n)
+    return scipy.special.softmax(s, axis=0)
+
+
 def step_forgot_gain(Z, Pi, U, eps, tau):
     d, n = Z.shape
     c = d / eps**2
@@ -271,6 +306,17 @@ def fwd_stats_of_w_hat(x, params):
     y = np.einsum("bhn,bhnp->bhp", pi / (pi.sum(axis=2, keepdims=True) + 1e-8), w_hat**2)
     v = -pi[..., None] * w / (1 + y[:, :, None, :])
     return _finish(v, params), {"w": w, "pi": pi, "y": y, "v": v}
+
+
+def fwd_v_tokens_first(x, params):
+    w = _heads(x, params)
+    w_hat = w / np.maximum(np.linalg.norm(w, axis=2, keepdims=True), 1e-12)
+    pi = scipy.special.softmax(params["temp"] * (w_hat**2).sum(axis=3), axis=1)
+    y = np.einsum("bhn,bhnp->bhp", pi / (pi.sum(axis=2, keepdims=True) + 1e-8), w**2)
+    v = (-pi[..., None] * w / (1 + y[:, :, None, :])).transpose(0, 2, 1, 3)  # (B, n, H, p)
+    B, n, H, p = v.shape
+    out = v.reshape(B, n, H * p) @ params["proj.weight"] + params["proj.bias"]
+    return out, {"w": w, "pi": pi, "y": y, "v": v}
 
 
 def fwd_no_one(x, params):
@@ -332,108 +378,228 @@ def _input_side(dw, cache, grads):
     return dw_flat @ params["qkv.weight"].T, grads
 
 
-def _backward(dout, cache, mistake=None):
-    """A student's backward, written out once; each wrong answer below changes one line of it
-    the way a student does (copied here as one function so that the corpus stays readable)."""
-    c = cache
-    grads, dv = _output_side(dout, c)
-    w, pi, g, denom = c["w"], c["pi"], c["g"], c["denom"]
-    G = g[:, :, None, :]
-    dw = np.zeros_like(w) if mistake == "no direct" else -pi[..., None] * G * dv
-    dpi = -(w * G * dv).sum(axis=3)
-    dg = -(pi[..., None] * w * dv).sum(axis=2)
-    dy = -(g**2) * dg
-    dpi_bar = np.einsum("bhnp,bhp->bhn", c["w_sq"], dy)
-    if mistake != "no y to w":
-        dw = dw + 2 * dy[:, :, None, :] * c["pi_bar"][..., None] * w
-    if mistake != "no y to pi":
-        dpi = dpi + dpi_bar / c["pi_sum"] - (dpi_bar * pi).sum(2, keepdims=True) / c["pi_sum"] ** 2
-    if mistake == "softmax diagonal":
-        dz = pi * dpi
-    else:
-        dz = pi * (dpi - (pi * dpi).sum(axis=1, keepdims=True))
-    grads["temp"] = np.sum(dz * c["a"], axis=(0, 2)).reshape(-1, 1)
-    da = dz if mistake == "no temp" else dz * c["params"]["temp"]
-    dw = dw + 2 * da[..., None] * w / denom**2
-    s = 2.0 if mistake == "norm sign" else -2.0
-    dden = s * np.einsum("bhn,bhnp->bhp", da, c["w_sq"])[:, :, None, :] / denom**3
-    dw = dw + dden * (c["norm"] >= 1e-12) * w / denom
-    return _input_side(dw, c, grads)
-
-
 def bwd_no_direct_path(dout, cache):
-    return _backward(dout, cache, "no direct")
+    """Starts dw with the path through y only: v = -pi w g's own dependence on w is lost."""
+    grads, dv = _output_side(dout, cache)
+    w, pi, g, pi_bar, pi_sum = cache["w"], cache["pi"], cache["g"], cache["pi_bar"], cache["pi_sum"]
+    dpi = -np.sum(w * g[:, :, None, :] * dv, axis=3)
+    dy = g**2 * np.sum(pi[..., None] * w * dv, axis=2)
+    dw = 2 * dy[:, :, None, :] * pi_bar[..., None] * w
+    dq = np.einsum("bhnp,bhp->bhn", w**2, dy)
+    dpi = dpi + dq / pi_sum - np.sum(dq * pi, axis=2, keepdims=True) / pi_sum**2
+    dz = pi * (dpi - np.sum(pi * dpi, axis=1, keepdims=True))
+    grads["temp"] = np.einsum("bhn,bhn->h", dz, cache["a"])[:, None]
+    da = dz * cache["params"]["temp"]
+    m = cache["denom"]
+    dw = dw + 2 * da[..., None] * w / m**2
+    dm = -2 * np.sum(da[..., None] * w**2, axis=2, keepdims=True) / m**3
+    dw = dw + dm * (cache["norm"] >= 1e-12) * w / m
+    return _input_side(dw, cache, grads)
 
 
 def bwd_no_stats_to_w(dout, cache):
-    return _backward(dout, cache, "no y to w")
+    """Remembers that y depends on Pi but not that it depends on w."""
+    grads, dv = _output_side(dout, cache)
+    w, pi, g = cache["w"], cache["pi"], cache["g"][:, :, None, :]
+    dw = -pi[..., None] * g * dv
+    dpi = -(w * g * dv).sum(-1)
+    dy = -(cache["g"] ** 2) * -(pi[..., None] * w * dv).sum(2)
+    dpibar = (w**2 * dy[:, :, None, :]).sum(-1)
+    S = cache["pi_sum"]
+    dpi += dpibar / S - (dpibar * pi).sum(2, keepdims=True) / S**2
+    dz = pi * (dpi - (pi * dpi).sum(1, keepdims=True))
+    grads["temp"] = (dz * cache["a"]).sum((0, 2)).reshape(-1, 1)
+    da = dz * cache["params"]["temp"]
+    m = cache["denom"]
+    dw += 2 * da[..., None] * w / m**2
+    dw += (
+        -2 * (da[..., None] * w**2).sum(2, keepdims=True) / m**3 * (cache["norm"] >= 1e-12) * w / m
+    )
+    return _input_side(dw, cache, grads)
 
 
 def bwd_no_stats_to_pi(dout, cache):
-    return _backward(dout, cache, "no y to pi")
+    """Treats the weights Pi_bar of the statistics as constants."""
+    grads, dv = _output_side(dout, cache)
+    w, pi, g = cache["w"], cache["pi"], cache["g"]
+    dw = -pi[..., None] * g[:, :, None, :] * dv
+    dpi = -np.einsum("bhnp,bhp,bhnp->bhn", w, g, dv)
+    dg = -np.einsum("bhn,bhnp,bhnp->bhp", pi, w, dv)
+    dy = -(g**2) * dg
+    dw += 2 * np.einsum("bhp,bhn,bhnp->bhnp", dy, cache["pi_bar"], w)
+    dz = pi * (dpi - np.einsum("bhn,bhn->bn", pi, dpi)[:, None, :])
+    grads["temp"] = np.einsum("bhn,bhn->h", dz, cache["a"])[:, None]
+    da = dz * cache["params"]["temp"]
+    m = cache["denom"]
+    dw += 2 * da[..., None] * w / m**2
+    dm = -2 * np.einsum("bhn,bhnp->bhp", da, w**2)[:, :, None, :] / m**3
+    dw += dm * (cache["norm"] >= 1e-12) * w / m
+    return _input_side(dw, cache, grads)
 
 
 def bwd_softmax_diagonal(dout, cache):
-    return _backward(dout, cache, "softmax diagonal")
+    """Backpropagates through the softmax as if it were exp, element by element."""
+    grads, dv = _output_side(dout, cache)
+    w, pi, g = cache["w"], cache["pi"], cache["g"][:, :, None, :]
+    dw = -pi[..., None] * g * dv
+    dpi = -(w * g * dv).sum(-1)
+    dy = (cache["g"] ** 2) * (pi[..., None] * w * dv).sum(2)
+    dw += 2 * dy[:, :, None, :] * cache["pi_bar"][..., None] * w
+    dpibar = (w**2 * dy[:, :, None, :]).sum(-1)
+    S = cache["pi_sum"]
+    dpi += dpibar / S - (dpibar * pi).sum(2, keepdims=True) / S**2
+    dz = pi * dpi
+    grads["temp"] = (dz * cache["a"]).sum((0, 2)).reshape(-1, 1)
+    da = dz * cache["params"]["temp"]
+    m = cache["denom"]
+    dw += 2 * da[..., None] * w / m**2
+    dw += (
+        -2 * (da[..., None] * w**2).sum(2, keepdims=True) / m**3 * (cache["norm"] >= 1e-12) * w / m
+    )
+    return _input_side(dw, cache, grads)
 
 
 def bwd_forgot_temp(dout, cache):
-    return _backward(dout, cache, "no temp")
+    """Multiplies by temp for d temp's partner but forgets it on the way back to a."""
+    grads, dv = _output_side(dout, cache)
+    w, pi, g = cache["w"], cache["pi"], cache["g"][:, :, None, :]
+    dw = -pi[..., None] * g * dv
+    dpi = -(w * g * dv).sum(-1)
+    dy = (cache["g"] ** 2) * (pi[..., None] * w * dv).sum(2)
+    dw += 2 * dy[:, :, None, :] * cache["pi_bar"][..., None] * w
+    dpibar = (w**2 * dy[:, :, None, :]).sum(-1)
+    S = cache["pi_sum"]
+    dpi += dpibar / S - (dpibar * pi).sum(2, keepdims=True) / S**2
+    dz = pi * (dpi - (pi * dpi).sum(1, keepdims=True))
+    grads["temp"] = (dz * cache["a"]).sum((0, 2)).reshape(-1, 1)
+    m = cache["denom"]
+    dw += 2 * dz[..., None] * w / m**2
+    dw += (
+        -2 * (dz[..., None] * w**2).sum(2, keepdims=True) / m**3 * (cache["norm"] >= 1e-12) * w / m
+    )
+    return _input_side(dw, cache, grads)
 
 
 def bwd_norm_sign(dout, cache):
-    return _backward(dout, cache, "norm sign")
+    """d(1/m^2)/dm written as +2/m^3."""
+    grads, dv = _output_side(dout, cache)
+    w, pi, g = cache["w"], cache["pi"], cache["g"][:, :, None, :]
+    dw = -pi[..., None] * g * dv
+    dpi = -(w * g * dv).sum(-1)
+    dy = (cache["g"] ** 2) * (pi[..., None] * w * dv).sum(2)
+    dw += 2 * dy[:, :, None, :] * cache["pi_bar"][..., None] * w
+    dpibar = (w**2 * dy[:, :, None, :]).sum(-1)
+    S = cache["pi_sum"]
+    dpi += dpibar / S - (dpibar * pi).sum(2, keepdims=True) / S**2
+    dz = pi * (dpi - (pi * dpi).sum(1, keepdims=True))
+    grads["temp"] = (dz * cache["a"]).sum((0, 2)).reshape(-1, 1)
+    da = dz * cache["params"]["temp"]
+    m = cache["denom"]
+    dw += 2 * da[..., None] * w / m**2
+    dw += 2 * (da[..., None] * w**2).sum(2, keepdims=True) / m**3 * (cache["norm"] >= 1e-12) * w / m
+    return _input_side(dw, cache, grads)
+
+
+def bwd_dx_through_W(dout, cache):
+    """Right everywhere but the last line: dx = dw W instead of dw Wᵀ."""
+    grads, dv = _output_side(dout, cache)
+    w, pi, g = cache["w"], cache["pi"], cache["g"][:, :, None, :]
+    dw = -pi[..., None] * g * dv
+    dpi = -(w * g * dv).sum(-1)
+    dy = (cache["g"] ** 2) * (pi[..., None] * w * dv).sum(2)
+    dw += 2 * dy[:, :, None, :] * cache["pi_bar"][..., None] * w
+    dpibar = (w**2 * dy[:, :, None, :]).sum(-1)
+    S = cache["pi_sum"]
+    dpi += dpibar / S - (dpibar * pi).sum(2, keepdims=True) / S**2
+    dz = pi * (dpi - (pi * dpi).sum(1, keepdims=True))
+    grads["temp"] = (dz * cache["a"]).sum((0, 2)).reshape(-1, 1)
+    da = dz * cache["params"]["temp"]
+    m = cache["denom"]
+    dw += 2 * da[..., None] * w / m**2
+    dw += (
+        -2 * (da[..., None] * w**2).sum(2, keepdims=True) / m**3 * (cache["norm"] >= 1e-12) * w / m
+    )
+    dx, grads = _input_side(dw, cache, grads)
+    B, H, n, p = w.shape
+    return dw.transpose(0, 2, 1, 3).reshape(B, n, H * p) @ cache["params"]["qkv.weight"], grads
 
 
 # ============================================================================ exercise 07
 
 
-def _causal(x, params, *, roll_stats=False, r_mean=False, beta_late=False, den_plain=False,
-            r_suffix=False):  # fmt: skip
-    """A student's causal layer; the wrong answers below each set one of its switches, the
-    way one line of a student's code differs."""
+def _split(x, params):
     B, T, D = x.shape
     H = params["temp"].shape[0]
-    p = D // H
-    w = (x @ params["qkv.weight"] + params["qkv.bias"]).reshape(B, T, H, p).transpose(0, 2, 1, 3)
-    w2 = w * w
-    if r_suffix:
-        run = np.cumsum(w2[:, :, ::-1], axis=2)[:, :, ::-1]
-    else:
-        run = np.cumsum(w2, axis=2)
-    if r_mean:
-        run = run / np.arange(1, T + 1)[:, None]
-    r = np.maximum(run, 1e-12)
-    beta = params["denom_bias"][:, 1 : T + 1, 0] if beta_late else params["denom_bias"][:, :T, 0]
-    pi = scipy.special.softmax(params["temp"] * ((w2 / r).sum(axis=3) + p * beta), axis=1)
-    num = np.cumsum(pi[..., None] * w2, axis=2)
-    den = pi + 1e-8 if den_plain else np.cumsum(pi, axis=2) + 1e-8
-    if roll_stats:
-        num, den = np.roll(num, 1, axis=2), np.roll(den - 1e-8, 1, axis=2) + 1e-8
-    y = num / den[..., None]
+    w = x @ params["qkv.weight"] + params["qkv.bias"]
+    return w.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)
+
+
+def _merge(pi, w, y, params):
     v = -pi[..., None] * w / (1 + y)
-    out = v.transpose(0, 2, 1, 3).reshape(B, T, D) @ params["proj.weight"] + params["proj.bias"]
+    B, H, T, p = v.shape
+    out = v.transpose(0, 2, 1, 3).reshape(B, T, H * p) @ params["proj.weight"] + params["proj.bias"]
     return out, {"w": w, "pi": pi, "y": y, "v": v}
 
 
 def causal_rolled_stats(x, params):
-    return _causal(x, params, roll_stats=True)
+    """Shifts the running statistics with np.roll, meaning to exclude nothing."""
+    w = _split(x, params)
+    T, p = w.shape[2], w.shape[3]
+    r = np.maximum(np.cumsum(w**2, axis=2), 1e-12)
+    pi = scipy.special.softmax(
+        params["temp"] * ((w**2 / r).sum(-1) + p * params["denom_bias"][:, :T, 0]), axis=1
+    )
+    num = np.roll(np.cumsum(pi[..., None] * w**2, axis=2), 1, axis=2)
+    den = np.roll(np.cumsum(pi, axis=2), 1, axis=2)
+    return _merge(pi, w, num / (den[..., None] + 1e-8), params)
 
 
 def causal_running_mean_r(x, params):
-    return _causal(x, params, r_mean=True)
+    """Uses the running mean of w² as the normalizer."""
+    w = _split(x, params)
+    T, p = w.shape[2], w.shape[3]
+    t = np.arange(1, T + 1).reshape(1, 1, T, 1)
+    r = np.maximum(np.cumsum(w * w, axis=2) / t, 1e-12)
+    z = params["temp"] * (np.sum(w * w / r, axis=3) + p * params["denom_bias"][:, :T, 0])
+    pi = np.exp(z - z.max(1, keepdims=True))
+    pi /= pi.sum(1, keepdims=True)
+    y = np.cumsum(pi[..., None] * w * w, axis=2) / (np.cumsum(pi, axis=2)[..., None] + 1e-8)
+    return _merge(pi, w, y, params)
 
 
 def causal_beta_late(x, params):
-    return _causal(x, params, beta_late=True)
+    """Counts positions from 1 when slicing the bias."""
+    w = _split(x, params)
+    T, p = w.shape[2], w.shape[3]
+    r = np.maximum(np.cumsum(w**2, axis=2), 1e-12)
+    beta = params["denom_bias"][:, 1 : T + 1, 0]
+    pi = scipy.special.softmax(params["temp"] * ((w**2 / r).sum(-1) + p * beta), axis=1)
+    y = np.cumsum(pi[..., None] * w**2, axis=2) / (np.cumsum(pi, axis=2) + 1e-8)[..., None]
+    return _merge(pi, w, y, params)
 
 
 def causal_plain_denominator(x, params):
-    return _causal(x, params, den_plain=True)
+    """A running numerator over a per-token denominator."""
+    w = _split(x, params)
+    T, p = w.shape[2], w.shape[3]
+    r = np.maximum(np.cumsum(w**2, axis=2), 1e-12)
+    pi = scipy.special.softmax(
+        params["temp"] * ((w**2 / r).sum(-1) + p * params["denom_bias"][:, :T, 0]), axis=1
+    )
+    y = np.cumsum(pi[..., None] * w**2, axis=2) / (pi[..., None] + 1e-8)
+    return _merge(pi, w, y, params)
 
 
 def causal_suffix_r(x, params):
-    return _causal(x, params, r_suffix=True)
+    """Reverses the token axis before the cumulative sum of the normalizer, and back."""
+    w = _split(x, params)
+    T, p = w.shape[2], w.shape[3]
+    r = np.maximum(np.flip(np.cumsum(np.flip(w**2, 2), 2), 2), 1e-12)
+    pi = scipy.special.softmax(
+        params["temp"] * ((w**2 / r).sum(-1) + p * params["denom_bias"][:, :T, 0]), axis=1
+    )
+    y = np.cumsum(pi[..., None] * w**2, axis=2) / (np.cumsum(pi, axis=2) + 1e-8)[..., None]
+    return _merge(pi, w, y, params)
 
 
 # ============================================================================ exercise 08
@@ -441,6 +607,10 @@ def causal_suffix_r(x, params):
 
 def fit_mixed_logs(ns, times):
     return np.polyfit(np.log(ns), np.log10(times), 1)[0]
+
+
+def fit_whole_polyfit(ns, times):
+    return np.polyfit(np.log(ns), np.log(times), 1)
 
 
 def fit_intercept(ns, times):
@@ -500,12 +670,19 @@ WRONG = [
     ("check_coding_rate", cr_log10, "the logarithm in base 10"),
     ("check_coding_rate", cr_shape_swapped, "d and n swapped"),
     ("check_coding_rate", cr_log_trace, None),  # not a known slip: must fail all the same
+    ("check_coding_rate", cr_gram_with_identity_d, None),  # a shape error, reported as such
+    ("check_compression_rate", comp_nk_as_count, None),  # two slips at once
     ("check_compression_rate", comp_overwrites, "only the last group's term"),
     ("check_compression_rate", comp_precedence, "n_k/2 · n instead of n_k/(2n)"),
     ("check_compression_rate", comp_no_empty_check, "an empty group gives nan"),
     ("check_compression_rate", comp_diag_twice, "diag(π_k) applied twice"),
     ("check_token_statistics", ts_mean_over_tokens, "n instead of n_k"),
     ("check_token_statistics", ts_not_squared, "the projections are not squared"),
+    ("check_token_statistics", ts_groups_last, "the output transposed"),
+    ("check_variational_compression_grad", grad_tokens_as_rows, "the output transposed"),
+    ("check_estimate_membership", memb_groups_by_tokens, "the output transposed"),
+    ("check_tssa_forward", fwd_v_tokens_first, None),  # the cache's v in another layout
+    ("check_fit_exponent", fit_whole_polyfit, "both coefficients returned"),
     ("check_eigenbases", eig_rows, "a transposed U"),
     ("check_eigenbases", eig_all_tokens, "the eigenvectors of Z Zᵀ"),
     ("check_variational_compression_rate", vr_no_scale, "the scale d/ε² is missing"),
@@ -529,6 +706,7 @@ WRONG = [
     ("check_tssa_backward", bwd_softmax_diagonal, "the softmax backward without its second"),
     ("check_tssa_backward", bwd_forgot_temp, "temp missing on the path"),
     ("check_tssa_backward", bwd_norm_sign, "a wrong sign on the path through the column norm"),
+    ("check_tssa_backward", bwd_dx_through_W, "W_qkv instead of W_qkvᵀ on the way back"),
     ("check_causal_tssa_forward", causal_rolled_stats, "the statistics' window shifted"),
     ("check_causal_tssa_forward", causal_running_mean_r, "a running mean instead of a running"),
     ("check_causal_tssa_forward", causal_beta_late, "β taken one position late"),
@@ -684,7 +862,25 @@ def fwd_einsum(x, params):
 
 
 def bwd_student(dout, cache):
-    return _backward(dout, cache)
+    """The backward with einsum and in-place accumulation (a correct alternative)."""
+    grads, dv = _output_side(dout, cache)
+    w, pi, g = cache["w"], cache["pi"], cache["g"][:, :, None, :]
+    dw = -pi[..., None] * g * dv
+    dpi = -(w * g * dv).sum(-1)
+    dy = (cache["g"] ** 2) * (pi[..., None] * w * dv).sum(2)
+    dw += 2 * dy[:, :, None, :] * cache["pi_bar"][..., None] * w
+    dpibar = (w**2 * dy[:, :, None, :]).sum(-1)
+    S = cache["pi_sum"]
+    dpi += dpibar / S - (dpibar * pi).sum(2, keepdims=True) / S**2
+    dz = pi * (dpi - (pi * dpi).sum(1, keepdims=True))
+    grads["temp"] = (dz * cache["a"]).sum((0, 2)).reshape(-1, 1)
+    da = dz * cache["params"]["temp"]
+    m = cache["denom"]
+    dw += 2 * da[..., None] * w / m**2
+    dw += (
+        -2 * (da[..., None] * w**2).sum(2, keepdims=True) / m**3 * (cache["norm"] >= 1e-12) * w / m
+    )
+    return _input_side(dw, cache, grads)
 
 
 def causal_loop(x, params):

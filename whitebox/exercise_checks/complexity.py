@@ -166,6 +166,16 @@ def _bench_withheld():
             ("whitebox.bench._interleaved", getattr(bench, "_interleaved", None))]  # fmt: skip
 
 
+def _both_coefficients(case, got):
+    """The learner returned np.polyfit's whole result: [slope, intercept]."""
+    x, y = np.log(case.args["ns"]), np.log(case.args["times"])
+    try:
+        g = np.asarray(got["exponent"], dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return g.shape == (2,) and bool(np.allclose(g, np.polyfit(x, y, 1), rtol=1e-6, atol=0))
+
+
 def _fit_exponent_spec() -> Spec:
     def cases():
         rng = np.random.default_rng(801)
@@ -222,6 +232,8 @@ def _fit_exponent_spec() -> Spec:
                  slip(lambda n, t: np.mean(np.diff(np.log(t)) / np.diff(np.log(n))))),
             Slip("a fit of t against log n", "take the logarithm of t too: log t = a log n "
                  "+ log C.", slip(lambda n, t: lin(np.log(n), t))),
+            Slip("both coefficients returned", "np.polyfit(x, y, 1) returns [slope, "
+                 "intercept]: return the slope alone, as a float.", detect=_both_coefficients),
         ], shapes="ns and times are 1-d arrays of the same length; return a float",
         withheld=_bench_withheld,
     )  # fmt: skip

@@ -115,6 +115,8 @@ class Spec:
     withheld: Callable | None = None
     # (fn, args) -> [other functions whose globals the learner's code may reach]
     namespaces: Callable | None = None
+    # quantities ``extract`` may leave out (an intermediate read off an output of a wrong shape)
+    optional: tuple = ()
 
 
 class BadOutput(Exception):
@@ -469,6 +471,39 @@ def _slip_fn_matches(spec, slip, runs) -> bool:
         return False
 
 
+TRANSPOSED = Slip(
+    "the output transposed",
+    "your values are right but the axes are swapped: return the layout the task asks for "
+    "(for instance Z is (d, n) with the tokens as columns, Π is (n, K) with one row per token).",
+)
+
+
+def _transposed_everywhere(spec, q, runs):
+    """'layout' when, on every case that ran, the learner's ``q`` is the transpose of the
+    expected (its last two axes swapped) and its shape differs somewhere (a layout slip);
+    'square' when it is the transpose everywhere but every shape is square (which may also be
+    a slip of the mathematics, such as a transposed weight gradient); None otherwise."""
+    seen, reshaped = False, False
+    for case, got in runs:
+        if q not in got:
+            continue
+        e = np.asarray(spec.reference(case)[q], dtype=np.float64)
+        try:
+            g = _to_float_array(got[q])
+        except BadOutput:
+            return None
+        if e.ndim < 2:
+            return None
+        t = np.swapaxes(e, -1, -2)
+        if g.shape != t.shape or not compare(t, g, spec.tol, spec.floor, spec.relative_floor)[0]:
+            return None
+        reshaped = reshaped or g.shape != e.shape
+        seen = seen or g.shape != e.shape or not np.allclose(e, t)
+    if not seen:
+        return None
+    return "layout" if reshaped else "square"
+
+
 def run_check(spec: Spec, fn) -> CheckResult:
     """Check ``fn`` against ``spec``: print the table and the verdict, return the result."""
     lines: list[str] = []
@@ -537,6 +572,8 @@ def run_check(spec: Spec, fn) -> CheckResult:
             break
         runs.append((case, got))
         for q, e in expected.items():
+            if q not in got and q in spec.optional:
+                continue  # an intermediate that cannot be read off this output
             if q not in got:
                 rows.append((case.name, q, _show(e), "missing", "-", "-", "✗"))
                 if first_wrong is None:
@@ -599,7 +636,13 @@ def run_check(spec: Spec, fn) -> CheckResult:
             )
         if case.note:
             lines.append(f"  Note on this case: {case.note}")
-        matched = [s for s in spec.slips if _slip_matches(spec, s, runs)]
+        transposed = _transposed_everywhere(spec, q, runs) if g is not None else None
+        if transposed == "layout":
+            matched = [TRANSPOSED]  # the precise explanation: right values, swapped axes
+        else:
+            matched = [s for s in spec.slips if _slip_matches(spec, s, runs)]
+            if not matched and transposed:
+                matched = [TRANSPOSED]
         result.slips = [s.name for s in matched]
         if matched:
             for s in matched:

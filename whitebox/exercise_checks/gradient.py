@@ -150,6 +150,7 @@ def _grad_spec() -> Spec:
         lambda: [probe_case(300)] + _variational_cases(301), ref, extract=extract,
         quantity="grad", slips=_grad_slips("grad"), shapes="Z (d, n), Pi (n, K), U (K, d, p); return (d, n)",
         withheld=_grad_withheld,
+        optional=(GAIN,),
     )  # fmt: skip
 
 

@@ -73,6 +73,7 @@ def _tssa_step_spec() -> Spec:
         cases,
         ref,
         extract=extract,
+        optional=(STEP_GAIN,),
         quantity="Z_+",
         slips=slips,
         shapes="Z (d, n), Pi (n, K), U (K, d, p), eps and tau floats; return (d, n)",

@@ -281,7 +281,8 @@ def tssa_backward_reference(dout, r, slip=None):
         return m.T if slip == "transposed_dW" else m
 
     grads = {"proj.bias": dout.reshape(-1, D).sum(axis=0), "proj.weight": dW(r["v_flat"], dout)}
-    dv = (dout @ r["Wo"].T).reshape(B, n, H, p).transpose(0, 2, 1, 3)  # (B, H, n, p)
+    Wo_back = r["Wo"] if slip == "dv_no_transpose" else r["Wo"].T
+    dv = (dout @ Wo_back).reshape(B, n, H, p).transpose(0, 2, 1, 3)  # (B, H, n, p)
     gg = g[:, :, None, :]  # (B, H, 1, p)
     dw = sign * pi[..., None] * gg * dv
     if slip == "direct_dropped":  # the path w -> v (v = -pi w g) forgotten
@@ -326,7 +327,7 @@ def tssa_backward_reference(dout, r, slip=None):
     r["dw_flat"] = dw_flat  # the upstream of b_qkv and W_qkv, for the slip detectors
     grads["qkv.bias"] = dw_flat.reshape(-1, D).sum(axis=0)
     grads["qkv.weight"] = dW(r["x"], dw_flat)
-    return dw_flat @ r["W"].T, grads
+    return dw_flat @ (r["W"] if slip == "dx_no_transpose" else r["W"].T), grads
 
 
 TSSA_BACKWARD_SLIPS = {
@@ -378,6 +379,10 @@ TSSA_BACKWARD_SLIPS = {
                   "the gradient reaching the norm is −2 Σ_j da w² / ‖w‖³."),
     "norm_missing_two": ("a missing 2 on the path through the column norm", "d(1/m²)/dm = "
                          "−2/m³: the 2 from the square is missing."),
+    "dv_no_transpose": ("W_out instead of W_outᵀ on the way back", "for out = v W_out: "
+                        "dv = dout W_outᵀ (shape (B, n, D))."),
+    "dx_no_transpose": ("W_qkv instead of W_qkvᵀ on the way back", "for w = x W_qkv + b: "
+                        "dx = dw W_qkvᵀ."),
     "norm_power": ("a wrong power on the path through the column norm", "d(1/m²)/dm = −2/m³ "
                    "(a third power), and then d‖w‖/dw = w/‖w‖ adds one more factor 1/‖w‖."),
 }  # fmt: skip
