@@ -681,7 +681,7 @@ WRONG = [
     ("check_token_statistics", ts_groups_last, "the output transposed"),
     ("check_variational_compression_grad", grad_tokens_as_rows, "the output transposed"),
     ("check_estimate_membership", memb_groups_by_tokens, "the output transposed"),
-    ("check_tssa_forward", fwd_v_tokens_first, None),  # the cache's v in another layout
+    ("check_tssa_forward", fwd_v_tokens_first, "the output transposed"),  # v in another layout
     ("check_fit_exponent", fit_whole_polyfit, "both coefficients returned"),
     ("check_eigenbases", eig_rows, "a transposed U"),
     ("check_eigenbases", eig_all_tokens, "the eigenvectors of Z Zᵀ"),
@@ -1068,3 +1068,20 @@ def test_the_norm_error_does_not_saturate_and_the_first_wrong_intermediate_is_na
     assert "‖got − expected‖/‖expected‖" in text
     assert result.norm_error > 1 and result.rel_error <= 1  # the entry-wise error saturates
     assert ec.core.norm_error(np.array([1.0, 2.0]), np.array([1.1, 2.2])) == pytest.approx(0.1)
+
+
+def test_a_closure_or_a_default_argument_holding_the_answer_is_withheld_too():
+    def make(answer):
+        def rate(Z, eps):
+            return answer(Z, eps)
+
+        return rate
+
+    def rate_by_default(Z, eps, answer=mcr2.coding_rate):
+        return answer(Z, eps)
+
+    for fn in (make(mcr2.coding_rate), rate_by_default):
+        result, text = _check("check_coding_rate", fn)
+        assert result.slips == [DELEGATES], text
+    assert make(mcr2.coding_rate).__closure__[0].cell_contents is mcr2.coding_rate
+    assert rate_by_default.__defaults__ == (mcr2.coding_rate,)

@@ -18,6 +18,7 @@ true references, outside that window.
 
 import contextlib
 import copy
+import itertools
 import linecache
 import math
 import sys
@@ -171,16 +172,38 @@ def withhold(refs, fns=()):
         yield
         return
     stand_ins = {id(obj): (obj, _stand_in(name)) for name, obj in refs}
-    saved = []
+
+    def stand_in(value):
+        hit = stand_ins.get(id(value))
+        return hit[1] if hit is not None and hit[0] is value else None
+
+    saved, cells, defaults = [], [], []
     try:
         for space in _namespaces_of(fns):
             for key, value in list(space.items()):
-                hit = stand_ins.get(id(value))
-                if hit is not None and hit[0] is value:
+                new = stand_in(value)
+                if new is not None:
                     saved.append((space, key, value))
-                    space[key] = hit[1]
+                    space[key] = new
+        for fn in fns:  # names the learner's function closes over, and its default arguments
+            for cell in getattr(fn, "__closure__", None) or ():
+                try:
+                    new = stand_in(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    continue
+                if new is not None:
+                    cells.append((cell, cell.cell_contents))
+                    cell.cell_contents = new
+            old = getattr(fn, "__defaults__", None)
+            if old and any(stand_in(v) is not None for v in old):
+                defaults.append((fn, old))
+                fn.__defaults__ = tuple(stand_in(v) or v for v in old)
         yield
     finally:
+        for fn, old in reversed(defaults):
+            fn.__defaults__ = old
+        for cell, value in reversed(cells):
+            cell.cell_contents = value
         for space, key, value in reversed(saved):
             space[key] = value
 
@@ -472,18 +495,20 @@ def _slip_fn_matches(spec, slip, runs) -> bool:
 
 
 TRANSPOSED = Slip(
-    "the output transposed",
-    "your values are right but the axes are swapped: return the layout the task asks for "
-    "(for instance Z is (d, n) with the tokens as columns, Π is (n, K) with one row per token).",
+    "the output transposed (its axes in another order)",
+    "your values are right but the axes are in another order: return the layout the task "
+    "asks for (for instance Z is (d, n) with the tokens as columns, Π is (n, K) with one row "
+    "per token, a multi-head array is (B, H, n, p)).",
 )
 
 
 def _transposed_everywhere(spec, q, runs):
-    """'layout' when, on every case that ran, the learner's ``q`` is the transpose of the
-    expected (its last two axes swapped) and its shape differs somewhere (a layout slip);
-    'square' when it is the transpose everywhere but every shape is square (which may also be
-    a slip of the mathematics, such as a transposed weight gradient); None otherwise."""
-    seen, reshaped = False, False
+    """'layout' when, on every case that ran, the learner's ``q`` holds the expected values
+    with the axes in one other order (the same permutation in every case) and its shape
+    differs somewhere (a layout slip); 'square' when that holds but the shapes never differ
+    (which may also be a slip of the mathematics, such as a transposed weight gradient); None
+    otherwise."""
+    perms, reshaped, seen = None, False, False
     for case, got in runs:
         if q not in got:
             continue
@@ -492,14 +517,21 @@ def _transposed_everywhere(spec, q, runs):
             g = _to_float_array(got[q])
         except BadOutput:
             return None
-        if e.ndim < 2:
+        if not 2 <= e.ndim <= 5:
             return None
-        t = np.swapaxes(e, -1, -2)
-        if g.shape != t.shape or not compare(t, g, spec.tol, spec.floor, spec.relative_floor)[0]:
+        fits = set()
+        for perm in itertools.permutations(range(e.ndim)):
+            if perm == tuple(range(e.ndim)) or (perms is not None and perm not in perms):
+                continue
+            t = np.transpose(e, perm)
+            if t.shape == g.shape and compare(t, g, spec.tol, spec.floor, spec.relative_floor)[0]:
+                fits.add(perm)
+        perms = fits if perms is None else perms & fits
+        if not perms:
             return None
         reshaped = reshaped or g.shape != e.shape
-        seen = seen or g.shape != e.shape or not np.allclose(e, t)
-    if not seen:
+        seen = seen or g.shape != e.shape or not np.allclose(e, g)
+    if not perms or not seen:
         return None
     return "layout" if reshaped else "square"
 
