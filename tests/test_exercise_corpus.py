@@ -641,6 +641,16 @@ def time_clock_outside(f, repeats=5):
     return best
 
 
+def time_with_warm_up_inside(f, repeats=5):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()  # "warm up" first, inside the timed region
+        f()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def time_cpu(f, repeats=5):
     ts = []
     for _ in range(repeats):
@@ -719,6 +729,7 @@ WRONG = [
     ("check_time_call", time_once, "one call instead of the best of repeats"),
     ("check_time_call", time_clock_outside, "the clock started once, before the loop"),
     ("check_time_call", time_cpu, "CPU time"),
+    ("check_time_call", time_with_warm_up_inside, "two calls in one reading"),
     ("check_time_call", time_ns, "nanoseconds instead of seconds"),
 ]
 
