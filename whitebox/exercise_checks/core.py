@@ -76,11 +76,14 @@ class CheckResult:
 @dataclass
 class Case:
     """One input to the learner's function: ``args`` in call order (names used in messages),
-    and a ``note`` printed when the learner's function fails on this case."""
+    a ``note`` printed when the learner's function fails on this case, and a ``passed_note``
+    printed when it is right on this case but wrong on a later one (a probe case, built so
+    that only some of the computation matters, says where the mistake is not)."""
 
     name: str
     args: dict
     note: str = ""
+    passed_note: str = ""
 
 
 @dataclass
@@ -554,6 +557,7 @@ def run_check(spec: Spec, fn) -> CheckResult:
     call = spec.call or _default_call
     withheld = spec.withheld() if spec.withheld else []
     runs: list[tuple[Case, dict]] = []  # (case, learner's quantities) for cases that ran
+    right_on: list[Case] = []  # probe cases passed before the first wrong quantity
     rows: list[tuple] = []
     problems: list[str] = []
     first_wrong = None  # (case, quantity, error, detail, expected, got)
@@ -603,6 +607,7 @@ def run_check(spec: Spec, fn) -> CheckResult:
             error_line = f"✗ {name}: in case '{case.name}', {exc}"
             break
         runs.append((case, got))
+        case_ok = True
         for q, e in expected.items():
             if q not in got and q in spec.optional:
                 continue  # an intermediate that cannot be read off this output
@@ -610,6 +615,7 @@ def run_check(spec: Spec, fn) -> CheckResult:
                 rows.append((case.name, q, _show(e), "missing", "-", "-", "✗"))
                 if first_wrong is None:
                     first_wrong = (case, q, math.nan, f"the output has no {q!r}", e, None, math.nan)
+                case_ok = False
                 continue
             ok, err, detail = compare(e, got[q], spec.tol, spec.floor, spec.relative_floor)
             shown = _show(got[q]) if not detail.startswith("shape") else "shape"
@@ -619,6 +625,9 @@ def run_check(spec: Spec, fn) -> CheckResult:
             )
             if not ok and first_wrong is None:
                 first_wrong = (case, q, err, detail, e, got[q], nerr)
+            case_ok = case_ok and ok
+        if case_ok and first_wrong is None and case.passed_note:
+            right_on.append(case)
 
     if error_line is None and spec.extra:  # on failures too: its findings explain them
         try:
@@ -668,6 +677,8 @@ def run_check(spec: Spec, fn) -> CheckResult:
             )
         if case.note:
             lines.append(f"  Note on this case: {case.note}")
+        for c in right_on:
+            lines.append(f"  Right on case '{c.name}': {c.passed_note}")
         transposed = _transposed_everywhere(spec, q, runs) if g is not None else None
         if transposed == "layout":
             matched = [TRANSPOSED]  # the precise explanation: right values, swapped axes

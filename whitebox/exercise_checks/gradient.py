@@ -118,6 +118,9 @@ def probe_case(seed, name=PROBE):
         note="with one group, Π = 1 and U = I the gradient is (1/n) D Z: row i of your "
         "answer should be D_i/n times row i of Z, with D_i = c / (1 + c y_i), c = d/ε² and "
         "y_i the mean of Z_ij² over the tokens j.",
+        passed_note="with one group, Π = 1 and U = I your gain D and the factor 1/n are right, "
+        "so look at what this probe cannot see: the memberships π_k (in y_k, n_k and "
+        "diag(π_k)), several groups, and the bases U_k.",
     )
 
 

@@ -18,6 +18,7 @@ def _tssa_step_spec() -> Spec:
     def cases():
         probe = probe_case(400, STEP_PROBE)
         probe.args = {**probe.args, "tau": 0.5}
+        probe.passed_note = probe.passed_note.replace("the factor 1/n", "the factor τ/n")
         probe.note = ("with one group, Π = 1 and U = I the step is Z − (τ/n) D Z: row i of "
                       "Z − Z_+ should be τ D_i/n times row i of Z, with D_i = c / (1 + c y_i), "
                       "c = d/ε² and y_i the mean of Z_ij² over the tokens j.")  # fmt: skip

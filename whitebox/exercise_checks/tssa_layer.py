@@ -469,7 +469,21 @@ def _tssa_backward_spec(forward) -> Spec:
             rng = np.random.default_rng(6010 + i)
             dout = rng.standard_normal(c.args["x"].shape)  # random, never all ones
             out.append(Case(c.name, {"dout": dout, **c.args}, c.note))
-        return out
+        # the probe: the random case with temp = 0, where Π = 1/H whatever w is
+        probe = copy.deepcopy(out[0])
+        probe.name = "probe: the random case with temp = 0"
+        probe.args["params"]["temp"] = np.zeros_like(probe.args["params"]["temp"])
+        probe.note = (
+            "with temp = 0 every membership is 1/H whatever w is, so only two paths reach w: "
+            "the direct one (through v) and the one through the statistics y. d temp still "
+            "needs dΠ, through v and through y, and the softmax backward."
+        )
+        probe.passed_note = (
+            "there, with Π independent of w, your gradients are right, so the direct path "
+            "and the path through y are right: the mistake is on a path that depends on "
+            "temp ≠ 0: from the scores (a = Σ ŵ²) back to w, or through the column norm."
+        )
+        return [probe] + out
 
     def call(fn, args):
         _, cache = forward(args["x"], args["params"])
