@@ -1096,3 +1096,13 @@ def test_a_closure_or_a_default_argument_holding_the_answer_is_withheld_too():
         assert result.slips == [DELEGATES], text
     assert make(mcr2.coding_rate).__closure__[0].cell_contents is mcr2.coding_rate
     assert rate_by_default.__defaults__ == (mcr2.coding_rate,)
+
+
+def test_a_probe_passed_says_where_the_mistake_is_not():
+    """Ex. 06's first case has temp = 0, where only the direct path and the path through y
+    reach w: a mistake on the column norm's path is right there, and the feedback says so."""
+    result, text = _check("check_tssa_backward", bwd_norm_sign)
+    assert "Right on case 'probe: the random case with temp = 0'" in text, text
+    assert result.case != "probe: the random case with temp = 0"
+    result, text = _check("check_tssa_backward", bwd_no_stats_to_w)
+    assert result.case == "probe: the random case with temp = 0" and "Right on case" not in text

@@ -284,7 +284,7 @@ def tssa_backward_reference(dout, r, slip=None):
     Wo_back = r["Wo"] if slip == "dv_no_transpose" else r["Wo"].T
     dv = (dout @ Wo_back).reshape(B, n, H, p).transpose(0, 2, 1, 3)  # (B, H, n, p)
     gg = g[:, :, None, :]  # (B, H, 1, p)
-    dw = sign * pi[..., None] * gg * dv
+    dw = sign * pi[..., None] * (1.0 if slip == "direct_no_gain" else gg) * dv
     if slip == "direct_dropped":  # the path w -> v (v = -pi w g) forgotten
         dw = np.zeros_like(dw)
     dpi = sign * (w * gg * dv).sum(axis=3)  # (B, H, n)
@@ -311,6 +311,8 @@ def tssa_backward_reference(dout, r, slip=None):
         dz = pi * (dpi - (dpi * pi).sum(axis=axis, keepdims=True))
     if slip == "pi_constant":
         dz = np.zeros_like(dz)
+    if slip == "pi_path_sign":
+        dz = -dz
     r["dz_a"] = dz * r["a"]  # (B, H, n): the terms of d temp, for the slip detectors
     grads["temp"] = r["dz_a"].sum(axis=(0, 2))[:, None]  # (H, 1)
     da = dz if slip == "da_no_temp" else dz * r["temp"]  # (B, H, n)
@@ -357,6 +359,11 @@ TSSA_BACKWARD_SLIPS = {
     "direct_dropped": ("the direct path of w (through v) dropped", "v = −Π w g uses w itself: "
                        "start dw with −Π g dv, then add the paths through y, the scores and "
                        "the norm."),
+    "direct_no_gain": ("the gain g missing on the direct path of w", "v = −Π w g: its "
+                       "derivative in w is −Π g, so the direct part of dw is −Π g dv."),
+    "pi_path_sign": ("a wrong sign on the path through Π", "Π = softmax(z): dz = Π ⊙ (dΠ − "
+                     "Σ_h Π dΠ), with dΠ from v (−Σ_i w g dv) and from Π̄; check the sign of "
+                     "each term."),
     "direct_pi_dropped": ("the direct path of Π (through v) dropped", "v = −Π w g uses Π "
                           "itself: dΠ starts with −Σ_i w g dv, before the path through y is "
                           "added."),
