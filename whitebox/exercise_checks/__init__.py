@@ -9,14 +9,27 @@ Checkers report; they never raise into the notebook. ``NotImplementedError`` is 
 "not implemented yet"; any other exception as one line naming the exception and the line of the
 learner's code that raised it; a changed input array as such.
 
+Answers must compute. While the learner's function runs, the library's own answers to the
+exercise (``whitebox.coding_rate`` for exercise 01, ``whitebox.nn.tssa_backward`` for 06, the
+checkers' own references, ...) are withheld: every name bound to them, in every ``whitebox``
+module and in the learner's globals, closures and default arguments, raises "this exercise
+asks you to write it yourself" (:func:`.core.withhold`; restored afterwards, also on an
+exception). An answer that calls one fails with the named slip ``delegates to the library``.
+What an exercise may use (``token_statistics`` in exercise 04, the forward pass in 06) stays.
+
 When a quantity is wrong, the checker evaluates known wrong variants on the same inputs (the
 *slips*: a missing 1/2, epsilon instead of epsilon^2, a transposed U, the softmax over the wrong
-axis, a forgotten 1e-8, n instead of n_k, ...) and names every slip the learner's output
-matches. Without a match it says which quantity is wrong first, at which entry, and whether the
-result is a constant multiple or the transpose of the expected one.
+axis, a forgotten 1e-8, n instead of n_k, a dropped path of the backward, an off-by-one window,
+...) and names every slip the learner's output matches. Without a match it says which quantity
+is wrong first, at which entry, and whether the result is a constant multiple or the transpose
+of the expected one. Intermediates are compared before the result: the caches of exercises 05
+and 07 (w, Π, y, v), the gradients of 06 in backprop order, and for 03 and 04 the gain D/n,
+read off the answer on a probe input (one group, Π = 1, U = I, where the gradient is (1/n) D Z).
 
-Relative errors are entry-wise with a floor, |a - b| / max(floor, |a| + |b|), as in
-:mod:`whitebox.gradcheck`; everything is compared in float64.
+Two errors are printed per quantity: the largest entry-wise relative error with a floor,
+|a - b| / max(floor, |a| + |b|), as in :mod:`whitebox.gradcheck` (it decides; it is at most 1),
+and the norm-based ‖got − expected‖ / ‖expected‖, which does not saturate and says how far off
+a nearly right answer is. Everything is compared in float64.
 
 The checkers, by exercise, and the module that holds each one's cases and slips:
 

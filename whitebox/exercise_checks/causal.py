@@ -23,6 +23,24 @@ def _exclusive_cumsum(a):
     return out
 
 
+def _shifted(a, kind):
+    """Prefix sums over the tokens (axis 2) with a window slip: 'roll' (np.roll by +1: the
+    tokens before t, and the whole sequence at t = 0), 'next' (np.roll by −1: tokens ≤ t + 1),
+    'reverse' (a suffix sum: tokens ≥ t), 'mean' (a running mean over t + 1 tokens)."""
+    c = np.cumsum(a, axis=2)
+    if kind == "roll":
+        return np.roll(c, 1, axis=2)
+    if kind == "next":
+        return np.roll(c, -1, axis=2)
+    if kind == "reverse":
+        return np.flip(np.cumsum(np.flip(a, axis=2), axis=2), axis=2)
+    if kind == "mean":
+        shape = [1] * a.ndim
+        shape[2] = a.shape[2]
+        return c / np.arange(1.0, a.shape[2] + 1).reshape(shape)
+    return c
+
+
 def causal_tssa_reference(x, params, slip=None):
     """Causal TSSA in plain NumPy with an optional planted ``slip`` (a key of
     ``CAUSAL_SLIPS``). Returns {'w', 'pi', 'y', 'v', 'out'}."""
@@ -39,11 +57,14 @@ def causal_tssa_reference(x, params, slip=None):
         r_raw = np.cumsum(w_sq, axis=3)
     elif slip == "r_exclusive":
         r_raw = _exclusive_cumsum(w_sq)
+    elif slip in ("r_roll", "r_next", "r_reverse", "r_mean"):
+        r_raw = _shifted(w_sq, slip[2:])
     else:
         r_raw = np.cumsum(w_sq, axis=2)  # (B, H, T, p)
     r = r_raw if slip == "no_clamp" else np.maximum(r_raw, 1e-12)
     q = w_sq / (np.sqrt(r) if slip == "sqrt_r" else r)
-    beta = params["denom_bias"][:, :T, 0]  # (H, T)
+    beta = params["denom_bias"][:, 1 : T + 1, 0] if slip == "beta_shift" else None
+    beta = params["denom_bias"][:, :T, 0] if beta is None else beta  # (H, T)
     a = q.sum(axis=3) + {"beta_once": 1, "no_beta": 0}.get(slip, p) * beta  # (B, H, T)
     if slip == "scores_mean":
         a = a / p  # the slip: a mean over the p features
@@ -55,6 +76,12 @@ def causal_tssa_reference(x, params, slip=None):
     elif slip == "s_exclusive":
         num = _exclusive_cumsum(pi[..., None] * w_sq)
         den = _exclusive_cumsum(pi[..., None])[..., 0] + 1e-8
+    elif slip in ("s_roll", "s_next", "s_reverse"):
+        num = _shifted(pi[..., None] * w_sq, slip[2:])
+        den = _shifted(pi[..., None], slip[2:])[..., 0] + 1e-8
+    elif slip == "den_not_cumulative":
+        num = np.cumsum(pi[..., None] * w_sq, axis=2)
+        den = pi + 1e-8
     elif slip == "s_over_t":
         num = np.cumsum(pi[..., None] * w_sq, axis=2)
         den = np.broadcast_to(np.arange(1.0, T + 1), pi.shape)  # the slip: t + 1 tokens
@@ -96,6 +123,27 @@ CAUSAL_SLIPS = {
                  "the number of tokens so far."),
     "no_beta": ("the bias β (denom_bias) is missing", "score_ht = temp_h (Σ_i w²/r + p "
                 "β_ht) with β = denom_bias[:, :T, 0]."),
+    "s_roll": ("the statistics' window shifted by one token (np.roll)", "y_t sums over the "
+               "tokens t' ≤ t, token t included; np.roll(..., 1) moves every prefix one "
+               "token later and wraps the whole sequence's sum around to t = 0."),
+    "r_roll": ("the normalizer's window shifted by one token (np.roll)", "r_t = max(Σ_{t' ≤ t} "
+               "w², 1e-12), token t included; np.roll(..., 1) wraps the whole sequence's sum "
+               "around to t = 0 (the future leaks there)."),
+    "s_next": ("the statistics' window one token too long (tokens ≤ t + 1)", "y_t may use "
+               "tokens t' ≤ t only: the running sum at t itself, not at t + 1."),
+    "r_next": ("the normalizer's window one token too long (tokens ≤ t + 1)", "r_t may use "
+               "tokens t' ≤ t only: the running sum at t itself, not at t + 1."),
+    "s_reverse": ("a suffix sum in the statistics (tokens ≥ t)", "np.cumsum runs forward "
+                  "along axis 2: y_t uses the tokens before and at t, not those after."),
+    "r_reverse": ("a suffix sum in the normalizer r (tokens ≥ t)", "r_t = max(Σ_{t' ≤ t} "
+                  "w², 1e-12): a forward running sum, not a sum over the tokens from t on."),
+    "r_mean": ("a running mean instead of a running sum in r", "r_t is the running squared "
+               "norm Σ_{t' ≤ t} w² (no division by t + 1), the causal analogue of ‖w‖²."),
+    "beta_shift": ("β taken one position late (denom_bias[:, 1:T + 1])", "token t (counting "
+                   "from 0) uses β at position t: denom_bias[:, :T, 0]."),
+    "den_not_cumulative": ("the statistics' denominator is not a running sum", "y_t = "
+                           "cumsum_t(Π w²) / (cumsum_t(Π) + 1e-8): the weights in the "
+                           "denominator add up over the prefix too."),
     **MEMBERSHIP_SLIPS,
 }  # fmt: skip
 
@@ -167,6 +215,8 @@ def _causal_spec() -> Spec:
         "causal_tssa_forward", "causal_tssa_forward(x, params) -> (out, cache)",
         "whitebox.nn.causal_tssa_forward", lambda: _causal_cases(701) + [_large_scores_case(702, causal=True)], ref, extract=extract,
         extra=extra,
+        withheld=lambda: [("whitebox.nn.causal_tssa_forward", nn.causal_tssa_forward),
+                          ("whitebox.exercise_checks.causal_tssa_reference", causal_tssa_reference)],
         slips=[
             Slip(name, hint, slip(k), detect=_DETECT.get(k)) for k, (name, hint) in CAUSAL_SLIPS.items()
         ], shapes="x (B, T, D); denom_bias (H, block_size, 1), use [:, :T]; cache: w, y, v (B, H, T, p), pi (B, H, T)",

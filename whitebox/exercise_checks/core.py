@@ -5,10 +5,20 @@ A checker is a :class:`Spec` (the cases, the reference, the known slips) handed 
 exercise's specs each; this one knows nothing about any exercise.
 
 Relative errors are entry-wise with a floor, |a - b| / max(floor, |a| + |b|), as in
-:mod:`whitebox.gradcheck`; everything is compared in float64.
+:mod:`whitebox.gradcheck`; beside the largest of them the table shows the norm-based error
+‖got − expected‖ / ‖expected‖, which does not saturate (the entry-wise error is at most 1
+however far apart the values are). Everything is compared in float64.
+
+Answers must compute: while the learner's function runs, the library's reference
+implementations of that exercise (the spec's ``withheld``) are replaced, everywhere a learner
+could reach them, by stand-ins that raise :class:`DelegatesToLibrary` ("this exercise asks you
+to write it yourself"); see :func:`withhold`. The checker computes its expected values with the
+true references, outside that window.
 """
 
+import contextlib
 import copy
+import itertools
 import linecache
 import math
 import sys
@@ -16,6 +26,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 
@@ -23,6 +34,12 @@ import numpy as np
 TOL = 1e-6
 #: Floor of the relative error's denominator: |a - b| / max(FLOOR, |a| + |b|).
 FLOOR = 1e-8
+#: The slip named when the learner's function calls a withheld library reference.
+DELEGATES = "delegates to the library"
+#: The slip named when the learner's function changes an input array.
+CHANGES_INPUT = "changed its input in place"
+#: What a withheld reference says when it is called.
+WRITE_IT_YOURSELF = "this exercise asks you to write it yourself"
 
 
 # ============================================================================ results and specs
@@ -33,8 +50,10 @@ class CheckResult:
     """What a checker found. Truthy exactly when ``status == 'passed'``.
 
     status: 'passed', 'not implemented', 'wrong' or 'error'; quantity/case: the first wrong
-    quantity and the case it was found in; rel_error: its largest relative error; slips: the
-    names of the known slips the output matches; message: the feedback that was printed."""
+    quantity and the case it was found in; rel_error: its largest entry-wise relative error;
+    norm_error: ‖got − expected‖ / ‖expected‖ for it; slips: the names of the known slips the
+    output matches (``DELEGATES`` when it called a withheld library function); message: the
+    feedback that was printed."""
 
     name: str
     status: str
@@ -43,6 +62,7 @@ class CheckResult:
     rel_error: float | None = None
     slips: list[str] = field(default_factory=list)
     message: str = ""
+    norm_error: float | None = None
 
     def __bool__(self) -> bool:
         return self.status == "passed"
@@ -56,11 +76,14 @@ class CheckResult:
 @dataclass
 class Case:
     """One input to the learner's function: ``args`` in call order (names used in messages),
-    and a ``note`` printed when the learner's function fails on this case."""
+    a ``note`` printed when the learner's function fails on this case, and a ``passed_note``
+    printed when it is right on this case but wrong on a later one (a probe case, built so
+    that only some of the computation matters, says where the mistake is not)."""
 
     name: str
     args: dict
     note: str = ""
+    passed_note: str = ""
 
 
 @dataclass
@@ -92,10 +115,111 @@ class Spec:
     relative_floor: float = 0.0  # floor also >= relative_floor * max|expected|
     extra: Callable | None = None  # (fn) -> list of problems (strings)
     shapes: str = ""  # the layout, printed with an exception (most are shape slips)
+    # () -> [(public name, object)]: the library's answers, withheld while fn runs
+    withheld: Callable | None = None
+    # (fn, args) -> [other functions whose globals the learner's code may reach]
+    namespaces: Callable | None = None
+    # quantities ``extract`` may leave out (an intermediate read off an output of a wrong shape)
+    optional: tuple = ()
 
 
 class BadOutput(Exception):
     """The learner's output has the wrong form (raised by ``extract``)."""
+
+
+# ============================================================================ withheld answers
+
+
+class DelegatesToLibrary(RuntimeError):
+    """Raised by a withheld library function: the learner's code called the answer."""
+
+
+def _stand_in(name):
+    def withheld(*args, **kwargs):
+        raise DelegatesToLibrary(f"{name} is withheld here: {WRITE_IT_YOURSELF}")
+
+    withheld.__name__ = withheld.__qualname__ = name.rsplit(".", 1)[-1]
+    withheld.__doc__ = f"{name}, withheld while a checker runs: {WRITE_IT_YOURSELF}."
+    return withheld
+
+
+def _namespaces_of(fns):
+    """Every namespace a learner's code could reach a library function through: the modules
+    of ``whitebox`` (the library and its checkers) and the globals of the learner's functions
+    (a notebook's namespace, where ``from whitebox.mcr2 import ...`` put names)."""
+    spaces = [
+        vars(m)
+        for name, m in list(sys.modules.items())
+        if isinstance(m, ModuleType) and (name == "whitebox" or name.startswith("whitebox."))
+    ]
+    for fn in fns:
+        g = getattr(fn, "__globals__", None)
+        if g is None:  # a partial, a bound method, a callable object: look at what it wraps
+            inner = getattr(fn, "func", None) or getattr(fn, "__func__", None)
+            g = getattr(inner, "__globals__", None)
+        if isinstance(g, dict) and not any(g is sp for sp in spaces):
+            spaces.append(g)
+    return spaces
+
+
+@contextlib.contextmanager
+def withhold(refs, fns=()):
+    """Within the block, every name that is bound to one of the objects in ``refs`` ((public
+    name, object) pairs), in any ``whitebox`` module or in the globals of ``fns``, is bound to a
+    stand-in that raises :class:`DelegatesToLibrary`. The names are found by object identity,
+    so a function re-exported under another module (``whitebox.coding_rate`` is
+    ``whitebox.mcr2.coding_rate``) or imported under another name is withheld too. Everything
+    is restored on leaving the block, also on an exception."""
+    refs = [(name, obj) for name, obj in refs if obj is not None]
+    if not refs:
+        yield
+        return
+    stand_ins = {id(obj): (obj, _stand_in(name)) for name, obj in refs}
+
+    def stand_in(value):
+        hit = stand_ins.get(id(value))
+        return hit[1] if hit is not None and hit[0] is value else None
+
+    saved, cells, defaults = [], [], []
+    try:
+        for space in _namespaces_of(fns):
+            for key, value in list(space.items()):
+                new = stand_in(value)
+                if new is not None:
+                    saved.append((space, key, value))
+                    space[key] = new
+        for fn in fns:  # names the learner's function closes over, and its default arguments
+            for cell in getattr(fn, "__closure__", None) or ():
+                try:
+                    new = stand_in(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    continue
+                if new is not None:
+                    cells.append((cell, cell.cell_contents))
+                    cell.cell_contents = new
+            old = getattr(fn, "__defaults__", None)
+            if old and any(stand_in(v) is not None for v in old):
+                defaults.append((fn, old))
+                fn.__defaults__ = tuple(stand_in(v) or v for v in old)
+        yield
+    finally:
+        for fn, old in reversed(defaults):
+            fn.__defaults__ = old
+        for cell, value in reversed(cells):
+            cell.cell_contents = value
+        for space, key, value in reversed(saved):
+            space[key] = value
+
+
+def _delegation(exc) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a withheld function's."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, DelegatesToLibrary) or WRITE_IT_YOURSELF in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 # ============================================================================ comparisons
@@ -153,6 +277,26 @@ def compare(expected, got, tol, floor, relative_floor=0.0, broadcast=False):
     if not np.all(np.isfinite(g)) and np.all(np.isfinite(e)):
         detail += f" ({int(np.sum(~np.isfinite(g)))} entries are nan or inf)"
     return False, worst, detail
+
+
+def norm_error(expected, got) -> float:
+    """‖got − expected‖ / ‖expected‖ (Frobenius), nan when the shapes differ, inf for a
+    non-finite got; 0 when both are 0. Unlike the entry-wise error it does not saturate."""
+    try:
+        e = np.asarray(expected, dtype=np.float64)
+        g = _to_float_array(got)
+        if g.shape != e.shape:
+            g = g.reshape(e.shape)
+    except (BadOutput, ValueError):
+        return math.nan
+    if not (np.all(np.isfinite(e)) and np.all(np.isfinite(g))):
+        same = np.array_equal(e, g, equal_nan=True)
+        return 0.0 if same else math.inf
+    ne = float(np.sqrt(np.sum(e * e)))
+    nd = float(np.sqrt(np.sum((g - e) ** 2)))
+    if ne == 0:
+        return 0.0 if nd == 0 else math.inf
+    return nd / ne
 
 
 def _num(v) -> str:
@@ -226,7 +370,7 @@ def _ratio_hint(expected, got, others=()) -> str:
     if exact:
         ratios = [(name, _best_ratio(oe, og)) for name, oe, og in others]
         differ = [
-            (name, f[0])
+            (name, None if f is None else f[0])
             for name, f in ratios
             if f is None or not f[1] or abs(f[0] - r) > 1e-6 * max(abs(r), 1e-300)
         ]
@@ -291,14 +435,14 @@ def _default_call(fn, args):
 
 
 def _table(rows) -> str:
-    head = ("case", "quantity", "expected", "got", "rel. error", "")
+    head = ("case", "quantity", "expected", "got", "max entry err", "‖got−exp‖/‖exp‖", "")
     cells = [head] + [tuple(r) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = []
     for c in cells:
         parts = [c[0].ljust(widths[0]), c[1].ljust(widths[1])]
-        parts += [c[i].rjust(widths[i]) for i in (2, 3, 4)]
-        parts.append(c[5])
+        parts += [c[i].rjust(widths[i]) for i in (2, 3, 4, 5)]
+        parts.append(c[6])
         lines.append("  " + "  ".join(parts).rstrip())
     return "\n".join(lines)
 
@@ -353,6 +497,48 @@ def _slip_fn_matches(spec, slip, runs) -> bool:
         return False
 
 
+TRANSPOSED = Slip(
+    "the output transposed (its axes in another order)",
+    "your values are right but the axes are in another order: return the layout the task "
+    "asks for (for instance Z is (d, n) with the tokens as columns, Π is (n, K) with one row "
+    "per token, a multi-head array is (B, H, n, p)).",
+)
+
+
+def _transposed_everywhere(spec, q, runs):
+    """'layout' when, on every case that ran, the learner's ``q`` holds the expected values
+    with the axes in one other order (the same permutation in every case) and its shape
+    differs somewhere (a layout slip); 'square' when that holds but the shapes never differ
+    (which may also be a slip of the mathematics, such as a transposed weight gradient); None
+    otherwise."""
+    perms, reshaped, seen = None, False, False
+    for case, got in runs:
+        if q not in got:
+            continue
+        e = np.asarray(spec.reference(case)[q], dtype=np.float64)
+        try:
+            g = _to_float_array(got[q])
+        except BadOutput:
+            return None
+        if not 2 <= e.ndim <= 5:
+            return None
+        fits = set()
+        for perm in itertools.permutations(range(e.ndim)):
+            if perm == tuple(range(e.ndim)) or (perms is not None and perm not in perms):
+                continue
+            t = np.transpose(e, perm)
+            if t.shape == g.shape and compare(t, g, spec.tol, spec.floor, spec.relative_floor)[0]:
+                fits.add(perm)
+        perms = fits if perms is None else perms & fits
+        if not perms:
+            return None
+        reshaped = reshaped or g.shape != e.shape
+        seen = seen or g.shape != e.shape or not np.allclose(e, g)
+    if not perms or not seen:
+        return None
+    return "layout" if reshaped else "square"
+
+
 def run_check(spec: Spec, fn) -> CheckResult:
     """Check ``fn`` against ``spec``: print the table and the verdict, return the result."""
     lines: list[str] = []
@@ -369,7 +555,9 @@ def run_check(spec: Spec, fn) -> CheckResult:
         return finish(CheckResult(name, "error"))
 
     call = spec.call or _default_call
+    withheld = spec.withheld() if spec.withheld else []
     runs: list[tuple[Case, dict]] = []  # (case, learner's quantities) for cases that ran
+    right_on: list[Case] = []  # probe cases passed before the first wrong quantity
     rows: list[tuple] = []
     problems: list[str] = []
     first_wrong = None  # (case, quantity, error, detail, expected, got)
@@ -377,8 +565,10 @@ def run_check(spec: Spec, fn) -> CheckResult:
     cases = spec.cases()
     for case in cases:
         args = copy.deepcopy(case.args)
+        reach = [fn] + (list(spec.namespaces(fn, args)) if spec.namespaces else [])
         try:
-            output = call(fn, args)
+            with withhold(withheld, reach):
+                output = call(fn, args)
         except NotImplementedError:
             lines.append(
                 f"… {name}: not implemented yet (it raises NotImplementedError). "
@@ -387,6 +577,15 @@ def run_check(spec: Spec, fn) -> CheckResult:
             return finish(CheckResult(name, "not implemented"))
         except Exception as exc:  # the learner's bug: report it, never raise
             where = _where_raised(fn, exc)
+            if _delegation(exc):
+                names = ", ".join(dict.fromkeys(n for n, _ in withheld if n.startswith("whitebox")))
+                lines.append(
+                    f"✗ {name} calls the library's answer"
+                    + (f" ({where})" if where else "")
+                    + f": {WRITE_IT_YOURSELF}.\n  While it is checked, these are withheld: "
+                    f"{names}. Compute the result from the formula with NumPy."
+                )
+                return finish(CheckResult(name, "wrong", case=case.name, slips=[DELEGATES]))
             msg = f"{type(exc).__name__}: {exc}".strip()
             error_line = f"✗ {name} raised {msg}\n  in case '{case.name}'" + (
                 f", {where}" if where else ""
@@ -408,24 +607,38 @@ def run_check(spec: Spec, fn) -> CheckResult:
             error_line = f"✗ {name}: in case '{case.name}', {exc}"
             break
         runs.append((case, got))
+        case_ok = True
         for q, e in expected.items():
+            if q not in got and q in spec.optional:
+                continue  # an intermediate that cannot be read off this output
             if q not in got:
-                rows.append((case.name, q, _show(e), "missing", "-", "✗"))
+                rows.append((case.name, q, _show(e), "missing", "-", "-", "✗"))
                 if first_wrong is None:
-                    first_wrong = (case, q, math.nan, f"the output has no {q!r}", e, None)
+                    first_wrong = (case, q, math.nan, f"the output has no {q!r}", e, None, math.nan)
+                case_ok = False
                 continue
             ok, err, detail = compare(e, got[q], spec.tol, spec.floor, spec.relative_floor)
             shown = _show(got[q]) if not detail.startswith("shape") else "shape"
-            rows.append((case.name, q, _show(e), shown, show_err(err), "✓" if ok else "✗"))
+            nerr = norm_error(e, got[q])
+            rows.append(
+                (case.name, q, _show(e), shown, show_err(err), show_err(nerr), "✓" if ok else "✗")
+            )
             if not ok and first_wrong is None:
-                first_wrong = (case, q, err, detail, e, got[q])
+                first_wrong = (case, q, err, detail, e, got[q], nerr)
+            case_ok = case_ok and ok
+        if case_ok and first_wrong is None and case.passed_note:
+            right_on.append(case)
 
     if error_line is None and spec.extra:  # on failures too: its findings explain them
         try:
-            problems += spec.extra(fn)
+            with withhold(withheld, [fn]):
+                problems += spec.extra(fn)
         except NotImplementedError:
             pass
         except Exception as exc:
+            if _delegation(exc):
+                lines.append(f"✗ {name} calls the library's answer: {WRITE_IT_YOURSELF}.")
+                return finish(CheckResult(name, "wrong", slips=[DELEGATES]))
             problems.append(f"{name} raised {type(exc).__name__}: {exc} in an extra check")
 
     lines.append(
@@ -444,9 +657,15 @@ def run_check(spec: Spec, fn) -> CheckResult:
     if error_line:
         lines.append(error_line)
     if first_wrong is not None:
-        case, q, err, detail, e, g = first_wrong
+        case, q, err, detail, e, g, nerr = first_wrong
         result.quantity, result.case, result.rel_error = q, case.name, err
-        size = "" if math.isnan(err) else f"relative error {show_err(err)}; "
+        result.norm_error = nerr
+        size = (
+            ""
+            if math.isnan(err)
+            else f"largest entry-wise error {show_err(err)}, ‖got − expected‖/‖expected‖ = "
+            f"{show_err(nerr)}; "
+        )
         stop = "" if detail.endswith(("?", ".")) else "."
         lines.append(f"✗ {q} is wrong in case '{case.name}': {size}{detail}{stop}")
         order = list(spec.reference(case))
@@ -458,7 +677,15 @@ def run_check(spec: Spec, fn) -> CheckResult:
             )
         if case.note:
             lines.append(f"  Note on this case: {case.note}")
-        matched = [s for s in spec.slips if _slip_matches(spec, s, runs)]
+        for c in right_on:
+            lines.append(f"  Right on case '{c.name}': {c.passed_note}")
+        transposed = _transposed_everywhere(spec, q, runs) if g is not None else None
+        if transposed == "layout":
+            matched = [TRANSPOSED]  # the precise explanation: right values, swapped axes
+        else:
+            matched = [s for s in spec.slips if _slip_matches(spec, s, runs)]
+            if not matched and transposed:
+                matched = [TRANSPOSED]
         result.slips = [s.name for s in matched]
         if matched:
             for s in matched:
@@ -474,6 +701,8 @@ def run_check(spec: Spec, fn) -> CheckResult:
                 "  No known slip matches. "
                 + (hint or "Compare your code with the formula step by step.")
             )
+    if any("changed its input `" in p for p in problems) and CHANGES_INPUT not in result.slips:
+        result.slips.append(CHANGES_INPUT)
     for p in problems:
         lines.append(f"✗ {p}")
     return finish(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import mcr2
+from .. import gradcheck, mcr2
 from .core import Case, CheckResult, Slip, Spec, orthonormal, run_check, soft_pi
 from .rates import _hard
 from .variational import _stats, _variational_cases
@@ -12,14 +12,18 @@ from .variational import _stats, _variational_cases
 
 def _var_grad(Z, Pi, U, eps, *, inv_n=True, per_nk=False, half=False, numerator=True,
               eps_power=2, transpose_U=False, pi_power=1, sign=1.0, use_pi=True, c_dim="d",
-              hard=False, weights_1_over_K=False, mean_coords=False):  # fmt: skip
+              hard=False, weights_1_over_K=False, mean_coords=False, gain=True, c_in_y=True,
+              y_by_n=False, gain_power=1):  # fmt: skip
     d, n = Z.shape
     if hard:
         Pi = _hard(Pi)
     # c = d/eps^2 (right), p/eps^2, or 1 (the scale dropped altogether: log(1 + y))
     c = 1.0 if c_dim == "1" else {"d": d, "p": U.shape[2]}[c_dim] / eps**eps_power
-    y = _stats(Z, Pi, U)
-    D = (c if numerator else 1.0) / (1 + c * y)  # (K, p)
+    y = _stats(Z, Pi, U, by_n=y_by_n)
+    if gain:
+        D = (c if numerator else 1.0) / (1 + (c if c_in_y else 1.0) * y) ** gain_power  # (K, p)
+    else:  # the gain 1/(1 + c y) forgotten: D = c
+        D = np.full_like(y, c)
     UtZ = np.einsum("kpd,dn->kpn", U, Z) if transpose_U else np.einsum("kdp,dn->kpn", U, Z)
     weights = (Pi**pi_power).T if use_pi else np.ones_like(Pi.T)  # (K, n)
     Wk = D[:, :, None] * UtZ * weights[:, None, :]  # (K, p, n)
@@ -75,17 +79,81 @@ def _grad_slips(key, wrap=lambda c, G: G):
              slip(weights_1_over_K=True)),
         Slip("a mean over the coordinates (an extra 1/p)", "R_c^var sums log(1 + c y_ki) over "
              "the p coordinates, so its gradient has no 1/p.", slip(mean_coords=True)),
+        Slip("the gain is missing (D_k = c)", "d/dy log(1 + c y) = c / (1 + c y): D_k holds "
+             "the gain 1/(1 + c y_k) as well as c, and that gain is what depends on the "
+             "token statistics.", slip(gain=False)),
+        Slip("c missing next to y in the gain (D_k = c / (1 + y_k))", "D_k = c / (1 + c y_k): "
+             "the scale multiplies y inside the log, so it appears in the denominator too.",
+             slip(c_in_y=False)),
+        Slip("1/n instead of 1/n_k in y_k", "the token statistics inside D_k are means over "
+             "each group: y_k = (U_kᵀZ)^⊙2 π_k / n_k, with n_k = Σ_j Π_jk.", slip(y_by_n=True)),
+        Slip("the gain squared (D_k = c / (1 + c y_k)²)", "differentiate log(1 + c y), not "
+             "1/(1 + c y): d/dy log(1 + c y) = c / (1 + c y), to the first power.",
+             slip(gain_power=2)),
     ]  # fmt: skip
+
+
+def _grad_withheld():
+    """The library's answers to exercise 03b (Z − tssa_step(Z, ..., τ=1) is the gradient)."""
+    return [("whitebox.variational_compression_grad", mcr2.variational_compression_grad),
+            ("whitebox.tssa_step", mcr2.tssa_step),
+            ("the checker's own reference", _var_grad)]  # fmt: skip
+
+
+#: The probe case's name: one group, Π = 1, U = I, so the gradient is (1/n) D Z row by row.
+PROBE = "probe: one group, Π = 1, U = I (d=p=3 n=6 ε=0.7)"
+#: The intermediate read off the probe (before the gradient itself, in the table).
+GAIN = "D/n (read off the probe)"
+
+
+def probe_case(seed, name=PROBE):
+    """One group with all memberships 1 and U = I: the gradient is (1/n) D Z, so each row of
+    the answer is a multiple D_i/n of the same row of Z; its rows have different scales, so the
+    D_i differ. The intermediate D is read off the answer by least squares, row by row."""
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((3, 6)) * np.array([[0.3], [1.0], [2.5]])
+    return Case(
+        name,
+        {"Z": Z, "Pi": np.ones((6, 1)), "U": np.eye(3)[None], "eps": 0.7},
+        note="with one group, Π = 1 and U = I the gradient is (1/n) D Z: row i of your "
+        "answer should be D_i/n times row i of Z, with D_i = c / (1 + c y_i), c = d/ε² and "
+        "y_i the mean of Z_ij² over the tokens j.",
+        passed_note="with one group, Π = 1 and U = I your gain D and the factor 1/n are right, "
+        "so look at what this probe cannot see: the memberships π_k (in y_k, n_k and "
+        "diag(π_k)), several groups, and the bases U_k.",
+    )
+
+
+def read_gain(G, Z):
+    """The least-squares multiple of each row of Z in the same row of G: (d,)."""
+    return np.sum(G * Z, axis=1) / np.sum(Z * Z, axis=1)
 
 
 def _grad_spec() -> Spec:
     def ref(c):
-        return {"grad": mcr2.variational_compression_grad(*c.args.values())}
+        grad = mcr2.variational_compression_grad(*c.args.values())
+        if c.name != PROBE:
+            return {"grad": grad}
+        return {GAIN: read_gain(grad, c.args["Z"]), "grad": grad}
+
+    def extract(output, c):
+        got = {"grad": output}
+        if c.name == PROBE:
+            try:
+                G = np.asarray(output, dtype=np.float64)
+            except (TypeError, ValueError):
+                return got
+            if G.shape == c.args["Z"].shape and np.all(np.isfinite(G)):
+                got[GAIN] = read_gain(G, c.args["Z"])
+        return got
 
     return Spec(
         "variational_compression_grad", "variational_compression_grad(Z, Pi, U, eps)",
-        "whitebox.variational_compression_grad", lambda: _variational_cases(301), ref,
+        "whitebox.variational_compression_grad",
+        lambda: [probe_case(300)] + _variational_cases(301), ref, extract=extract,
         quantity="grad", slips=_grad_slips("grad"), shapes="Z (d, n), Pi (n, K), U (K, d, p); return (d, n)",
+        withheld=_grad_withheld,
+        optional=(GAIN,),
     )  # fmt: skip
 
 
@@ -162,6 +230,8 @@ def _numerical_gradient_spec() -> Spec:
                  "Z − h E, divided by 2h): a step fixed inside the function, or a default that "
                  "shadows the argument, gives the right answer only for that one h.", exact),
         ], shapes="f maps an array shaped like Z to a float; return an array shaped like Z",
+        withheld=lambda: [("whitebox.gradcheck.numerical_grad", gradcheck.numerical_grad),
+                          ("the checker's own reference", _fd)],
     )  # fmt: skip
 
 

@@ -15,11 +15,11 @@ def _logdet(A):
     return np.linalg.slogdet(A)[1] if np.all(np.isfinite(A)) else np.nan
 
 
-def _rate(Z, scale, half=0.5, centre=False):
+def _rate(Z, scale, half=0.5, centre=False, identity=1.0):
     d = Z.shape[0]
     if centre:
         Z = Z - Z.mean(axis=1, keepdims=True)
-    return half * _logdet(np.eye(d) + scale * (Z @ Z.T))
+    return half * _logdet(identity * np.eye(d) + scale * (Z @ Z.T))
 
 
 def _hard(Pi):
@@ -27,8 +27,29 @@ def _hard(Pi):
     return np.eye(Pi.shape[1])[np.argmax(Pi, axis=1)]
 
 
+def _rates_withheld():
+    """The library's answers to exercise 01 (R from R_c with one group, or R − ΔR, too)."""
+    return [("whitebox.coding_rate", mcr2.coding_rate),
+            ("whitebox.compression_rate", mcr2.compression_rate),
+            ("whitebox.rate_reduction", mcr2.rate_reduction),
+            ("whitebox.mcr2._log1p_alpha_gram", getattr(mcr2, "_log1p_alpha_gram", None)),
+            ("the checker's own reference", _rate), ("the checker's own reference", _comp)]  # fmt: skip
+
+
 LOG_BASES = {"2": np.log(2.0), "10": np.log(10.0)}
 """The bases of the logarithm slips: a log in base b is the natural log divided by ln b."""
+
+
+def _no_identity(case, got):
+    """R without the I: right where Z Zᵀ has full rank; where it is singular, logdet is −∞ and
+    a learner's np.log(np.linalg.det(...)) returns −∞, nan or a huge negative round-off value."""
+    Z, eps = case.args["Z"], case.args["eps"]
+    d, n = Z.shape
+    want = _rate(Z, d / (n * eps**2), identity=0.0)
+    value = float(np.asarray(got["R"], dtype=np.float64))
+    if np.linalg.matrix_rank(Z) == d:
+        return abs(value - want) <= 1e-6 * max(abs(want), 1e-8)
+    return not np.isfinite(value) or value < -20.0
 
 
 def _coding_rate_spec() -> Spec:
@@ -43,11 +64,12 @@ def _coding_rate_spec() -> Spec:
     def ref(c):
         return {"R": mcr2.coding_rate(c.args["Z"], c.args["eps"])}
 
-    def slip(scale=lambda d, n, e: d / (n * e**2), half=0.5, base=1.0, centre=False):
+    def slip(scale=lambda d, n, e: d / (n * e**2), half=0.5, base=1.0, centre=False,
+             identity=1.0):  # fmt: skip
         def f(c):
             Z, eps = c.args["Z"], c.args["eps"]
             d, n = Z.shape
-            return {"R": _rate(Z, scale(d, n, eps), half, centre) / base}
+            return {"R": _rate(Z, scale(d, n, eps), half, centre, identity) / base}
 
         return f
 
@@ -84,7 +106,16 @@ def _coding_rate_spec() -> Spec:
                  slip(scale=lambda d, n, e: d / ((n - 1) * e**2))),
             Slip("np.cov (centred, and 1/(n − 1))", "np.cov subtracts the mean and divides by "
                  "n − 1; R needs (d/(n ε²)) Z Zᵀ with the raw Z.", np_cov),
+            Slip("the identity I is missing", "R = ½ logdet(I + (d/(n ε²)) Z Zᵀ): without "
+                 "the I the matrix is singular when n < d (logdet = −∞), and the rate of a "
+                 "tiny Z is not 0.", slip(identity=0.0), detect=_no_identity),
+            Slip("n squared in the scale (d/(n ε)²)", "the scale is d/(n ε²): only ε is "
+                 "squared; mind the parentheses.", slip(scale=lambda d, n, e: d / (n * e) ** 2)),
+            Slip("ε² multiplies instead of divides", "the scale is d/(n ε²): `d / n * eps**2` "
+                 "multiplies by ε²; put n ε² in the denominator.",
+                 slip(scale=lambda d, n, e: d / n * e**2)),
         ], shapes="Z is (d, n) with the tokens as columns, eps a float; return a float",
+        withheld=_rates_withheld,
     )  # fmt: skip
 
 
@@ -94,7 +125,8 @@ def check_coding_rate(coding_rate) -> CheckResult:
 
 
 def _comp(Z, Pi, eps, *, half=0.5, n_in_scale=False, weight="n_k/n", pi_power=1, eps_power=2,
-          skip_empty=True, base=1.0, centre=False, minus_one=False, hard=False):  # fmt: skip
+          skip_empty=True, base=1.0, centre=False, minus_one=False, hard=False, identity=1.0,
+          last_only=False):  # fmt: skip
     d, n = Z.shape
     K = Pi.shape[1]
     if hard:
@@ -108,8 +140,9 @@ def _comp(Z, Pi, eps, *, half=0.5, n_in_scale=False, weight="n_k/n", pi_power=1,
         cov = (Zk * Pi[:, k] ** pi_power) @ Zk.T  # (d, d)
         count = (n if n_in_scale else nk) - (1 if minus_one else 0)
         alpha = np.float64(d) / (count * eps**eps_power)
-        w = {"n_k/n": nk / n, "1": 1.0, "1/K": 1.0 / K}[weight]
-        total += w * half * _logdet(np.eye(d) + alpha * cov) / base
+        w = {"n_k/n": nk / n, "1": 1.0, "1/K": 1.0 / K, "n_k n": nk * n}[weight]
+        term = w * half * _logdet(identity * np.eye(d) + alpha * cov) / base
+        total = term if last_only else total + term
     return total
 
 
@@ -158,13 +191,21 @@ def _compression_rate_spec() -> Spec:
                  "Π_jk as they are, as weights: group k's matrix is Z diag(π_k) Zᵀ and "
                  "n_k = Σ_j Π_jk, however soft the rows are.", slip(hard=True)),
             Slip("diag(π_k) applied twice", "the group covariance is Z diag(π_k) Zᵀ, weight "
-                 "each token once: (Z * pi_k) @ Z.T, not (Z * pi_k) @ (Z * pi_k).T.",
+                 "each token once: scale the columns of only one of the two factors by π_k.",
                  slip(pi_power=2)),
             Slip("ε instead of ε²", "the scale is d/(n_k ε²).", slip(eps_power=1)),
             Slip("an empty group gives nan", "a group with n_k = 0 contributes 0 (the limit "
                  "of its term); skip it instead of dividing by n_k = 0.",
                  slip(skip_empty=False)),
+            Slip("only the last group's term (= instead of +=)", "R_c adds the terms of all "
+                 "K groups: accumulate them (total += ...) instead of overwriting.",
+                 slip(last_only=True)),
+            Slip("n_k/2 · n instead of n_k/(2n)", "the weight is n_k/(2n): `n_k / 2 * n` "
+                 "multiplies by n; put 2n in the denominator.", slip(weight="n_k n")),
+            Slip("the identity I is missing", "each group's term is logdet(I + (d/(n_k ε²)) Z "
+                 "diag(π_k) Zᵀ): keep the I.", slip(identity=0.0)),
         ], shapes="Z (d, n), Pi (n, K), eps a float; return a float",
+        withheld=_rates_withheld,
     )  # fmt: skip
 
 

@@ -6,19 +6,43 @@ import numpy as np
 
 from .. import mcr2
 from .core import Case, CheckResult, Slip, Spec, normalized_over, orthonormal, run_check
-from .gradient import _grad_slips, _var_grad
+from .gradient import _grad_slips, _grad_withheld, _var_grad, probe_case, read_gain
 from .variational import _variational_cases
+
+#: The step's probe: one group, Π = 1, U = I, so Z − Z_+ = (τ/n) D Z row by row.
+STEP_PROBE = "probe: one group, Π = 1, U = I (d=p=3 n=6 ε=0.7 τ=0.5)"
+STEP_GAIN = "τ D/n (read off the probe)"
 
 
 def _tssa_step_spec() -> Spec:
     def cases():
+        probe = probe_case(400, STEP_PROBE)
+        probe.args = {**probe.args, "tau": 0.5}
+        probe.passed_note = probe.passed_note.replace("the factor 1/n", "the factor τ/n")
+        probe.note = ("with one group, Π = 1 and U = I the step is Z − (τ/n) D Z: row i of "
+                      "Z − Z_+ should be τ D_i/n times row i of Z, with D_i = c / (1 + c y_i), "
+                      "c = d/ε² and y_i the mean of Z_ij² over the tokens j.")  # fmt: skip
         out = _variational_cases(401)
         for c, tau in zip(out, (0.3, 1.7)):
             c.name, c.args = f"{c.name} τ={tau}", {**c.args, "tau": tau}
-        return out
+        return [probe] + out
 
     def ref(c):
-        return {"Z_+": mcr2.tssa_step(*c.args.values())}
+        Zp = mcr2.tssa_step(*c.args.values())
+        if c.name != STEP_PROBE:
+            return {"Z_+": Zp}
+        return {STEP_GAIN: read_gain(c.args["Z"] - Zp, c.args["Z"]), "Z_+": Zp}
+
+    def extract(output, c):
+        got = {"Z_+": output}
+        if c.name == STEP_PROBE:
+            try:
+                Zp = np.asarray(output, dtype=np.float64)
+            except (TypeError, ValueError):
+                return got
+            if Zp.shape == c.args["Z"].shape and np.all(np.isfinite(Zp)):
+                got[STEP_GAIN] = read_gain(c.args["Z"] - Zp, c.args["Z"])
+        return got
 
     def step_from(G_fn):
         return lambda c: {"Z_+": c.args["Z"] - c.args["tau"] * G_fn(c)}
@@ -49,9 +73,12 @@ def _tssa_step_spec() -> Spec:
         "whitebox.tssa_step",
         cases,
         ref,
+        extract=extract,
+        optional=(STEP_GAIN,),
         quantity="Z_+",
         slips=slips,
         shapes="Z (d, n), Pi (n, K), U (K, d, p), eps and tau floats; return (d, n)",
+        withheld=_grad_withheld,
     )
 
 
@@ -124,6 +151,8 @@ def _membership_spec() -> Spec:
                  "is soft: exp the (shifted) scores and normalize each row, rather than putting "
                  "1 at the largest score.", slip(hard=True)),
         ], shapes="Z (d, n), U (K, d, p), eta a float; return Pi (n, K)",
+        withheld=lambda: [("whitebox.estimate_membership", mcr2.estimate_membership),
+                          ("the checker's own reference", _membership)],
     )  # fmt: skip
 
 

@@ -233,7 +233,7 @@ def _forward_spec_parts(name, library_forward, reference):
 
 
 def _tssa_forward_spec() -> Spec:
-    from .. import nn
+    from .. import kernels, nn
 
     ref, extract, slip = _forward_spec_parts("tssa_forward", nn.tssa_forward, tssa_reference)
     return Spec(
@@ -248,6 +248,11 @@ def _tssa_forward_spec() -> Spec:
             for k, (name, hint) in TSSA_FORWARD_SLIPS.items()
         ],
         shapes="x (B, n, D); qkv.weight (D, D), qkv.bias (D,), temp (H, 1), proj.weight (D, D), proj.bias (D,); cache: w (B, H, n, p), pi (B, H, n), y (B, H, p), v (B, H, n, p)",
+        withheld=lambda: [
+            ("whitebox.nn.tssa_forward", nn.tssa_forward),
+            ("whitebox.kernels.tssa_core_forward", getattr(kernels, "tssa_core_forward", None)),
+            ("whitebox.exercise_checks.tssa_reference", tssa_reference),
+        ],
     )
 
 
@@ -276,39 +281,55 @@ def tssa_backward_reference(dout, r, slip=None):
         return m.T if slip == "transposed_dW" else m
 
     grads = {"proj.bias": dout.reshape(-1, D).sum(axis=0), "proj.weight": dW(r["v_flat"], dout)}
-    dv = (dout @ r["Wo"].T).reshape(B, n, H, p).transpose(0, 2, 1, 3)  # (B, H, n, p)
+    Wo_back = r["Wo"] if slip == "dv_no_transpose" else r["Wo"].T
+    dv = (dout @ Wo_back).reshape(B, n, H, p).transpose(0, 2, 1, 3)  # (B, H, n, p)
     gg = g[:, :, None, :]  # (B, H, 1, p)
-    dw = sign * pi[..., None] * gg * dv
+    dw = sign * pi[..., None] * (1.0 if slip == "direct_no_gain" else gg) * dv
+    if slip == "direct_dropped":  # the path w -> v (v = -pi w g) forgotten
+        dw = np.zeros_like(dw)
     dpi = sign * (w * gg * dv).sum(axis=3)  # (B, H, n)
+    if slip == "direct_pi_dropped":  # the path pi -> v forgotten
+        dpi = np.zeros_like(dpi)
     dg = sign * (pi[..., None] * w * dv).sum(axis=2)  # (B, H, p)
-    dy = -(g * g) * dg
+    dy = (1.0 if slip == "stats_sign" else -1.0) * (g * g) * dg
     if slip == "stats_constant":
         dy = np.zeros_like(dy)
     # y = sum_j pi_bar_j w_j^2
     dpi_bar = np.einsum("bhnp,bhp->bhn", w_sq, dy)
-    dw += two_s * dy[:, :, None, :] * pi_bar[..., None] * w
+    if slip == "stats_pi_dropped":  # y's dependence on pi forgotten
+        dpi_bar = np.zeros_like(dpi_bar)
+    if slip != "stats_w_dropped":  # y's dependence on w
+        dw += two_s * dy[:, :, None, :] * pi_bar[..., None] * w
     # pi_bar = pi / (sum_j pi + eps)
     dpi = dpi + dpi_bar / pi_sum
     if slip != "pi_sum_constant":
         dpi = dpi - (dpi_bar * pi).sum(axis=2, keepdims=True) / pi_sum**2
     axis = 2 if slip == "softmax_backward_axis" else 1
-    dz = pi * (dpi - (dpi * pi).sum(axis=axis, keepdims=True))
+    if slip == "softmax_diagonal":  # only the diagonal of the softmax Jacobian
+        dz = pi * dpi
+    else:
+        dz = pi * (dpi - (dpi * pi).sum(axis=axis, keepdims=True))
     if slip == "pi_constant":
         dz = np.zeros_like(dz)
+    if slip == "pi_path_sign":
+        dz = -dz
     r["dz_a"] = dz * r["a"]  # (B, H, n): the terms of d temp, for the slip detectors
     grads["temp"] = r["dz_a"].sum(axis=(0, 2))[:, None]  # (H, 1)
-    da = dz * r["temp"]  # (B, H, n)
+    da = dz if slip == "da_no_temp" else dz * r["temp"]  # (B, H, n)
     denom = r["denom"]
-    dw += two_a * da[..., None] * w / denom**2
+    if slip != "scores_w_dropped":  # the scores' direct dependence on w (w^2 over the norm)
+        dw += two_a * da[..., None] * w / denom**2
     if slip != "norm_constant":
-        ddenom = -2.0 * np.einsum("bhn,bhnp->bhp", da, w_sq)[:, :, None, :] / denom**3
+        two_n = {"norm_sign": 2.0, "norm_missing_two": -1.0}.get(slip, -2.0)
+        power = 2 if slip == "norm_power" else 3
+        ddenom = two_n * np.einsum("bhn,bhnp->bhp", da, w_sq)[:, :, None, :] / denom**power
         dnorm = ddenom * (r["norm"] >= 1e-12)
         dw += dnorm * w / denom
     dw_flat = dw.transpose(0, 2, 1, 3).reshape(B, n, D)
     r["dw_flat"] = dw_flat  # the upstream of b_qkv and W_qkv, for the slip detectors
     grads["qkv.bias"] = dw_flat.reshape(-1, D).sum(axis=0)
     grads["qkv.weight"] = dW(r["x"], dw_flat)
-    return dw_flat @ r["W"].T, grads
+    return dw_flat @ (r["W"] if slip == "dx_no_transpose" else r["W"].T), grads
 
 
 TSSA_BACKWARD_SLIPS = {
@@ -335,6 +356,42 @@ TSSA_BACKWARD_SLIPS = {
                       "D_out)), not dyᵀ x."),
     "sign": ("the minus sign of v = −Π w / (1 + y) is lost", "every gradient that flows "
              "through v carries the minus sign."),
+    "direct_dropped": ("the direct path of w (through v) dropped", "v = −Π w g uses w itself: "
+                       "start dw with −Π g dv, then add the paths through y, the scores and "
+                       "the norm."),
+    "direct_no_gain": ("the gain g missing on the direct path of w", "v = −Π w g: its "
+                       "derivative in w is −Π g, so the direct part of dw is −Π g dv."),
+    "pi_path_sign": ("a wrong sign on the path through Π", "Π = softmax(z): dz = Π ⊙ (dΠ − "
+                     "Σ_h Π dΠ), with dΠ from v (−Σ_i w g dv) and from Π̄; check the sign of "
+                     "each term."),
+    "direct_pi_dropped": ("the direct path of Π (through v) dropped", "v = −Π w g uses Π "
+                          "itself: dΠ starts with −Σ_i w g dv, before the path through y is "
+                          "added."),
+    "stats_w_dropped": ("the path from y to w dropped", "y = Σ_j Π̄_j w_j² depends on w: add "
+                        "2 Π̄ w dy to dw (the path through the statistics)."),
+    "stats_pi_dropped": ("the path from y to Π dropped", "y = Σ_j Π̄_j w_j² depends on Π "
+                         "through Π̄ = Π / (Σ Π + 1e-8): add Σ_i w² dy to dΠ̄, then through the "
+                         "quotient to dΠ."),
+    "stats_sign": ("a wrong sign on the path through y", "g = 1/(1 + y), so dg/dy = −g²: "
+                   "dy = −g² dg."),
+    "softmax_diagonal": ("the softmax backward without its second term", "Π = softmax(z): "
+                         "dz = Π ⊙ (dΠ − Σ_h Π dΠ); Π ⊙ dΠ alone is only the diagonal of the "
+                         "Jacobian."),
+    "da_no_temp": ("temp missing on the path from the scores to w", "z = temp ⊙ a, so da = "
+                   "temp ⊙ dz: the temperature multiplies the gradient that goes back to w."),
+    "scores_w_dropped": ("the path from the scores to w dropped (only the norm's path kept)",
+                         "a = Σ_i w² / ‖w‖² depends on w in its numerator too: add "
+                         "2 da w / ‖w‖² to dw, besides the path through the norm."),
+    "norm_sign": ("a wrong sign on the path through the column norm", "d(1/m²)/dm = −2/m³: "
+                  "the gradient reaching the norm is −2 Σ_j da w² / ‖w‖³."),
+    "norm_missing_two": ("a missing 2 on the path through the column norm", "d(1/m²)/dm = "
+                         "−2/m³: the 2 from the square is missing."),
+    "dv_no_transpose": ("W_out instead of W_outᵀ on the way back", "for out = v W_out: "
+                        "dv = dout W_outᵀ (shape (B, n, D))."),
+    "dx_no_transpose": ("W_qkv instead of W_qkvᵀ on the way back", "for w = x W_qkv + b: "
+                        "dx = dw W_qkvᵀ."),
+    "norm_power": ("a wrong power on the path through the column norm", "d(1/m²)/dm = −2/m³ "
+                   "(a third power), and then d‖w‖/dw = w/‖w‖ adds one more factor 1/‖w‖."),
 }  # fmt: skip
 
 
@@ -402,6 +459,16 @@ PARAM_SLIPS = {
 }  # fmt: skip
 
 
+def _backward_withheld():
+    from .. import kernels, nn
+
+    return [
+        ("whitebox.nn.tssa_backward", nn.tssa_backward),
+        ("whitebox.kernels.tssa_core_backward", getattr(kernels, "tssa_core_backward", None)),
+        ("whitebox.exercise_checks.tssa_backward_reference", tssa_backward_reference),
+    ]
+
+
 def _tssa_backward_spec(forward) -> Spec:
     def cases():
         out = []
@@ -409,7 +476,21 @@ def _tssa_backward_spec(forward) -> Spec:
             rng = np.random.default_rng(6010 + i)
             dout = rng.standard_normal(c.args["x"].shape)  # random, never all ones
             out.append(Case(c.name, {"dout": dout, **c.args}, c.note))
-        return out
+        # the probe: the random case with temp = 0, where Π = 1/H whatever w is
+        probe = copy.deepcopy(out[0])
+        probe.name = "probe: the random case with temp = 0"
+        probe.args["params"]["temp"] = np.zeros_like(probe.args["params"]["temp"])
+        probe.note = (
+            "with temp = 0 every membership is 1/H whatever w is, so only two paths reach w: "
+            "the direct one (through v) and the one through the statistics y. d temp still "
+            "needs dΠ, through v and through y, and the softmax backward."
+        )
+        probe.passed_note = (
+            "there, with Π independent of w, your gradients are right, so the direct path "
+            "and the path through y are right: the mistake is on a path that depends on "
+            "temp ≠ 0: from the scores (a = Σ ŵ²) back to w, or through the column norm."
+        )
+        return [probe] + out
 
     def call(fn, args):
         _, cache = forward(args["x"], args["params"])
@@ -476,6 +557,8 @@ def _tssa_backward_spec(forward) -> Spec:
         ]
         + [Slip(name, hint, detect=_param_slip(k)) for k, (name, hint) in PARAM_SLIPS.items()],
         shapes="dout (B, n, D); return dx (B, n, D) and grads shaped like the parameters: qkv.weight (D, D), qkv.bias (D,), temp (H, 1), proj.weight (D, D), proj.bias (D,)",
+        withheld=_backward_withheld,
+        namespaces=lambda fn, args: [forward],
     )
 
 

@@ -112,6 +112,9 @@ def _token_statistics_spec() -> Spec:
                  "n_k = Σ_j Π_jk, not n_k − 1.", slip(minus_one=True)),
             hard,
         ], shapes="Z (d, n), Pi (n, K), U (K, d, p) with U[k] = U_k (d × p); return y (K, p)",
+        withheld=lambda: [("whitebox.token_statistics", mcr2.token_statistics),
+                          ("whitebox.mcr2._statistics", getattr(mcr2, "_statistics", None)),
+                          ("the checker's own reference", _stats)],
     )  # fmt: skip
 
 
@@ -159,6 +162,9 @@ def _variational_rate_spec() -> Spec:
             Slip("a centred second moment (a variance) in y_k", "y_ki is the weighted mean of "
                  "(u_kiᵀz_j)² itself: subtract no mean.", slip(centre=True)),
         ], shapes="Z (d, n), Pi (n, K), U (K, d, p), eps a float; return a float",
+        withheld=lambda: [("whitebox.variational_compression_rate",
+                           mcr2.variational_compression_rate),
+                          ("the checker's own reference", _var_rate)],
     )  # fmt: skip
 
 
