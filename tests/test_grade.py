@@ -138,6 +138,7 @@ def _submissions() -> dict[str, nbformat.NotebookNode]:
         core.compare = lambda *args, **kwargs: (True, 0.0, "")
         """,
     )
+    crashing_cell = insert_cell(good, 2, "import os\nos._exit(4)")
     noisy = insert_cell(good, 2, "undefined_name + 1")
     noisy = insert_cell(noisy, 3, "while True:\n    pass")
     no_metadata = copy.deepcopy(good)
@@ -158,6 +159,7 @@ def _submissions() -> dict[str, nbformat.NotebookNode]:
         "forged.ipynb": forged,
         "tampered.ipynb": tampered,
         "noisy.ipynb": noisy,
+        "crashing_cell.ipynb": crashing_cell,
         "untouched.ipynb": untouched,
         "no_metadata.ipynb": no_metadata,
         "written.ipynb": written,
@@ -289,6 +291,12 @@ def test_failing_cells_are_noted_and_the_next_ones_run(graded):
     assert all(r["status"] == "passed" for r in rows.values())
     text = feedback(graded, "noisy")
     assert "NameError" in text and "time limit" in text
+
+
+def test_a_cell_that_ends_the_process_is_skipped_and_the_rest_graded(graded):
+    rows = graded["rows"]["crashing_cell.ipynb"]
+    assert all(r["status"] == "passed" for r in rows.values())
+    assert "cell 2: the grading process exited with code 4" in feedback(graded, "crashing_cell")
 
 
 def test_a_renamed_file_grades_the_same(graded):

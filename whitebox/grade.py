@@ -325,8 +325,13 @@ def _child() -> None:
         pipe.flush()
 
     memory = int(job["memory_mb"]) * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CORE, 0)):
+        try:  # never raise a hard limit; some systems (macOS) do not enforce RLIMIT_AS
+            hard = resource.getrlimit(limit)[1]
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(limit, (value, hard))
+        except (ValueError, OSError):
+            pass
     signal.signal(signal.SIGALRM, _on_alarm)
     timeout = float(job["timeout"])
 
@@ -368,7 +373,11 @@ def _child() -> None:
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _Timeout:
-            result = {"status": "timeout", "message": f"ran past the time limit of {timeout:g} s"}
+            result = {
+                "status": "timeout",
+                "message": f"{spec['function']} ran past the time limit of {timeout:g} s (an "
+                "endless loop, or far too slow) and was interrupted",
+            }
         except BaseException as exc:
             result = {"status": "error", "message": f"the checker failed: {_one_line(exc)}"}
         send(event="check", name=spec["function"], state="done", result=result)
@@ -558,9 +567,9 @@ def _run_child(job: dict, scratch: Path, timeout: float):
                     pass
     if ended is None:
         ended = (
-            f"the process died of {_signal_name(code)}"
+            f"the grading process died of {_signal_name(code)}"
             if code < 0
-            else f"the process exited with code {code}"
+            else f"the grading process exited with code {code}"
         )
     return events, ended
 
@@ -638,7 +647,11 @@ def grade_submission(path: Path, shown: str, timeout: float, memory_mb: int) -> 
             if ended == "finished":
                 break
             if ended == "killed":
-                status, why = "timeout", f"ran past the time limit of {timeout:g} s and was stopped"
+                status = "timeout"
+                why = (
+                    f"ran past the time limit of {timeout:g} s and did not stop when "
+                    "interrupted, so its process was ended"
+                )
             else:
                 status, why = "error", ended + _crash_hint(scratch)
             if running is None:  # died while starting: nothing the learner wrote ran yet
@@ -652,7 +665,12 @@ def grade_submission(path: Path, shown: str, timeout: float, memory_mb: int) -> 
                 skip_cells.add(running[1])
                 cell_state[running[1]] = (status, why)
             else:
-                outcome.results[running[1]] = {"status": status, "message": why}
+                name = running[1]
+                if status == "error":
+                    why = f"while {name} was checked, {why}"
+                else:
+                    why = f"{name} {why}"
+                outcome.results[name] = {"status": status, "message": why}
         for c in checks:
             outcome.results.setdefault(
                 c.function, {"status": "error", "message": "the grading process kept failing"}
@@ -660,9 +678,9 @@ def grade_submission(path: Path, shown: str, timeout: float, memory_mb: int) -> 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for index, (state, error) in sorted(cell_state.items()):
-        outcome.notes.append(f"cell {index}: {'timeout' if state == 'timeout' else error}")
-        if state == "timeout":
-            outcome.notes[-1] = f"cell {index} {error}"
+        outcome.notes.append(
+            f"cell {index} {error}" if state == "timeout" else f"cell {index}: {error}"
+        )
     for result in outcome.results.values():
         if result.get("status") == "missing":  # say why it is missing, when a cell says it
             bad = [s for s, _ in cell_state.values()]
