@@ -10,7 +10,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
 LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises
 
-.PHONY: all venv venv-lib venv-notebooks train test lint pytest nbval lab notebooks exercises results bench torch demo clean nbval-other-cpu
+.PHONY: all venv venv-lib venv-notebooks train test lint pytest nbval lab notebooks exercises grade results bench torch demo clean nbval-other-cpu
 
 all: test
 
@@ -66,9 +66,20 @@ lab: venv-notebooks
 notebooks: venv
 	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/python scripts/run_notebooks.py $(NOTEBOOKS) $(SOLUTIONS)
 
-# Regenerate the learner copies of the exercises from the instructor sources.
+# Regenerate the learner copies of the exercises from the instructor sources. A copy that holds
+# a learner's work (answers, outputs) is kept as it is, and said; FORCE=1 moves it to
+# exercises/backups/ first and writes the new copy.
 exercises: venv
-	$(BIN)/python scripts/build_exercises.py
+	$(BIN)/python scripts/build_exercises.py $(if $(FORCE),--force)
+
+# Grade learner notebooks: make grade SUBMISSIONS=folder/ [GRADES=grades.csv] [TIMEOUT=60]
+# writes the gradebook and one feedback text per notebook in $(GRADES stem)-feedback/.
+GRADES ?= grades.csv
+grade:
+	@if [ -z "$(SUBMISSIONS)" ]; then \
+		echo "make grade: SUBMISSIONS is not set; expected a folder of notebooks (make grade SUBMISSIONS=folder/)" >&2; exit 2; fi
+	@$(MAKE) --no-print-directory venv-lib
+	$(BIN)/python -m whitebox.grade "$(SUBMISSIONS)" --out "$(GRADES)" $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 # Regenerate the results table in README.md (trains every configuration; takes a while).
 results: venv

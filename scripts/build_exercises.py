@@ -321,7 +321,7 @@ def build(check: bool, force: bool = False, root: Path = ROOT) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], root: Path = ROOT) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -335,7 +335,7 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        return build(args.check, args.force)
+        return build(args.check, args.force, root)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
