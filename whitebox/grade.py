@@ -461,7 +461,7 @@ class Outcome:
     exercise: str
     results: dict[str, dict] = field(default_factory=dict)  # function -> result
     notes: list[str] = field(default_factory=list)
-    written: list[tuple[int, bool]] = field(default_factory=list)  # (cell, written?)
+    written: list[tuple[str, bool]] = field(default_factory=list)  # (which, written?)
     problem: str | None = None
 
 
@@ -583,6 +583,15 @@ def _crash_hint(scratch: Path) -> str:
     return " (out of memory)" if "MemoryError" in tail else ""
 
 
+def _first_line(markdown: str) -> str:
+    """The first line of a markdown text that says something, without its markup, shortened."""
+    for line in markdown.splitlines():
+        text = line.strip().lstrip("#>").strip().replace("**", "").replace("*", "").strip(" :.")
+        if len(text) > 3:
+            return text if len(text) <= 60 else text[:57].rstrip() + "..."
+    return ""
+
+
 def _is_written(source: str) -> bool:
     """A written-answer cell holds an answer once its placeholder *Your answer here.* is gone
     or has text after it."""
@@ -596,11 +605,18 @@ def grade_submission(path: Path, shown: str, timeout: float, memory_mb: int) -> 
     if nb.problem:
         outcome.problem = nb.problem
         return outcome
-    outcome.written = [
-        (c["index"], _is_written(c["source"]))
-        for c in nb.cells
-        if c["type"] == "markdown" and c["role"] == "written"
-    ]
+    outcome.written = []
+    question = ""
+    for c in nb.cells:
+        if c["type"] != "markdown":
+            continue
+        if c["role"] == "written":
+            own = _first_line(c["source"].split(WRITTEN_STUB)[0])
+            about = own if own.startswith("Question") else question  # the question it answers
+            label = f"cell {c['index']}" + (f" ({about})" if about else "")
+            outcome.written.append((label, _is_written(c["source"])))
+        else:
+            question = _first_line(c["source"]) or question
     checks = EXERCISES[nb.exercise]
     if not checks:
         return outcome
@@ -736,7 +752,7 @@ def feedback_of(outcome: Outcome) -> str:
             f"Written answers: {done} of {len(outcome.written)} written; your instructor "
             "grades them by hand (not in the score above).",
         ]
-        lines += [f"  cell {i}: {'written' if w else 'not written'}" for i, w in outcome.written]
+        lines += [f"  {i}: {'written' if w else 'not written'}" for i, w in outcome.written]
     if outcome.notes:
         lines += ["", "Cells that stopped early (the grader ran the next ones):"]
         lines += [f"  {n}" for n in outcome.notes]
