@@ -8,7 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
-LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises
+# exercises/solutions, not the learner copies: those hold a learner's answers, which make test
+# never judges (the copies the build generates are linted by tests/test_build_exercises.py).
+LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises/solutions
 
 .PHONY: all venv venv-lib venv-notebooks train test lint pytest nbval lab notebooks exercises grade results bench torch demo clean nbval-other-cpu
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -216,3 +217,22 @@ def test_check_and_force_together_are_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         build.main(["--check", "--force"])
     assert exc.value.code == 2
+
+
+def test_the_generated_copies_are_lint_clean(tmp_path):
+    """make lint skips the learner copies (they may hold a learner's answers): the copies the
+    build generates are linted here instead."""
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff is not installed next to this Python")
+    (tmp_path / "exercises").mkdir()
+    shutil.copytree(ROOT / "exercises" / "solutions", tmp_path / "exercises" / "solutions")
+    assert build.build(check=False, root=tmp_path) == 0
+    copies = sorted(str(p) for p in (tmp_path / "exercises").glob("[0-9][0-9]_*.ipynb"))
+    assert len(copies) == len(build.sources(ROOT))
+    config = ["--config", str(ROOT / "pyproject.toml")]
+    for command in (["check"], ["format", "--check"]):
+        run = subprocess.run(
+            [str(ruff), *command, *config, *copies], capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stdout + run.stderr

@@ -140,6 +140,12 @@ def _submissions() -> dict[str, nbformat.NotebookNode]:
     )
     crashing_cell = insert_cell(good, 2, "import os\nos._exit(4)")
     noisy = insert_cell(good, 2, "undefined_name + 1")
+    noisy = insert_cell(noisy, 2, "%matplotlib inline\n!echo hello")
+    noisy = replace_function(
+        noisy,
+        "compression_rate",
+        "%%time\n" + next(c.source for c in good.cells if "def compression_rate(" in c.source),
+    )
     noisy = insert_cell(noisy, 3, "while True:\n    pass")
     no_metadata = copy.deepcopy(good)
     del no_metadata.metadata["whitebox"]

@@ -387,17 +387,18 @@ def _child() -> None:
 
 
 def _python_source(source: str) -> str:
-    """The cell as Python: IPython's magics and shell escapes translated when IPython is there
-    (they then need get_ipython(), so such a cell raises NameError and the next one runs)."""
+    """The cell as plain Python: a line magic or shell escape (``%matplotlib``, ``!pip``)
+    becomes ``pass``, and a cell magic's body (``%%time``) runs as it is."""
     lines = source.splitlines()
-    if any(line.lstrip().startswith(("%", "!")) for line in lines):
-        try:
-            from IPython.core.inputtransformer2 import TransformerManager
-
-            return TransformerManager().transform_cell(source)
-        except ImportError:
-            pass
-    return source
+    if lines and lines[0].lstrip().startswith("%%"):
+        lines = lines[1:]
+    out = []
+    for line in lines:
+        stripped = line.lstrip()
+        if stripped.startswith(("%", "!")):
+            line = line[: len(line) - len(stripped)] + "pass"
+        out.append(line)
+    return "\n".join(out)
 
 
 def _one_line(exc: BaseException) -> str:
