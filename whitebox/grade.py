@@ -55,6 +55,7 @@ COLUMNS = ["submission", "exercise", "check", "status", "score", "max_score", "s
 STATUSES = ("passed", "wrong", "error", "timeout", "not attempted")
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_MB = 4096
+FILE_LIMIT_MB = 256  # the largest file a submission's process may write (its printed output too)
 STARTUP_S = 120.0  # the child's imports (numpy, the library) on a loaded machine
 WRITTEN_STUB = "*Your answer here.*"
 SKIPPED_ROLES = ("check", "experiment")
@@ -325,7 +326,13 @@ def _child() -> None:
         pipe.flush()
 
     memory = int(job["memory_mb"]) * 1024 * 1024
-    for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CORE, 0)):
+    limits = (
+        (resource.RLIMIT_AS, memory),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, FILE_LIMIT_MB * 1024 * 1024),  # a print loop cannot fill the disk
+    )
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises OSError
+    for limit, value in limits:
         try:  # never raise a hard limit; some systems (macOS) do not enforce RLIMIT_AS
             hard = resource.getrlimit(limit)[1]
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)
