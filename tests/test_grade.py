@@ -419,3 +419,16 @@ def test_grading_a_copy_of_a_folder_twice_replaces_the_gradebook(tmp_path, capsy
     assert (tmp_path / "g-feedback" / "a.txt").exists()
     assert grade.main([str(tmp_path), "--out", str(out)]) == 0
     assert "replacing the previous one" in capsys.readouterr().out
+
+
+def test_the_command_line_answers_a_missing_file_with_one_line(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "whitebox.grade", "nothing.ipynb", "--out", "g.csv"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "error: SUBMISSION: nothing.ipynb is not a file or a folder"
+    ]
