@@ -392,6 +392,7 @@ def test_the_guard_restores_the_library():
         (["NB"], "--out"),
         (["EMPTY", "--out", "g.csv"], "no .ipynb"),
         (["NB", "--out", "g.csv", "--memory-mb", "lots"], "--memory-mb"),
+        (["NB", "--out", "g.csv", "--memory-mb", "100"], "--memory-mb"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, words):

@@ -55,6 +55,7 @@ COLUMNS = ["submission", "exercise", "check", "status", "score", "max_score", "s
 STATUSES = ("passed", "wrong", "error", "timeout", "not attempted")
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_MB = 4096
+MIN_MEMORY_MB = 512
 FILE_LIMIT_MB = 256  # the largest file a submission's process may write (its printed output too)
 STARTUP_S = 120.0  # the child's imports (numpy, the library) on a loaded machine
 WRITTEN_STUB = "*Your answer here.*"
@@ -574,11 +575,7 @@ def _run_child(job: dict, scratch: Path, timeout: float):
                 except (ProcessLookupError, PermissionError):
                     pass
     if ended is None:
-        ended = (
-            f"the grading process died of {_signal_name(code)}"
-            if code < 0
-            else f"the grading process exited with code {code}"
-        )
+        ended = f"died of {_signal_name(code)}" if code < 0 else f"exited with code {code}"
     return events, ended
 
 
@@ -677,12 +674,16 @@ def grade_submission(path: Path, shown: str, timeout: float, memory_mb: int) -> 
                     "interrupted, so its process was ended"
                 )
             else:
-                status, why = "error", ended + _crash_hint(scratch)
-            if running is None:  # died while starting: nothing the learner wrote ran yet
+                status, why = "error", f"the grading process {ended}{_crash_hint(scratch)}"
+            if running is None:  # between steps (starting, or between cells and checks)
+                reason = why if status == "error" else "it stopped responding"
                 for spec in todo:
                     outcome.results.setdefault(
                         spec["function"],
-                        {"status": "error", "message": f"the grading process failed: {why}"},
+                        {
+                            "status": "error",
+                            "message": f"not checked: {reason}, outside any cell or check",
+                        },
                     )
                 break
             if running[0] == "cell":
@@ -810,15 +811,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _memory_mb(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
+        value = 0
+    if value < MIN_MEMORY_MB:
         raise argparse.ArgumentTypeError(
-            f"expected a positive whole number, got {text!r}"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+            f"expected a whole number of MB, at least {MIN_MEMORY_MB} (numpy and the library "
+            f"need that much), got {text!r}"
+        )
     return value
 
 
@@ -878,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--memory-mb",
-        type=_positive_int,
+        type=_memory_mb,
         default=DEFAULT_MEMORY_MB,
         help=f"address-space limit of each submission's process (default {DEFAULT_MEMORY_MB})",
     )
