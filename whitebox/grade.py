@@ -861,6 +861,16 @@ def _feedback_names(outcomes: list[Outcome], paths: list[Path]) -> list[str]:
     return names
 
 
+def _say(text: str) -> None:
+    """Print a progress line; a closed stdout (``| head``) stops the printing, not the grading."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later prints and the exit's flush go nowhere
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(
         prog="python -m whitebox.grade",
@@ -909,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(int(r[5]) for r in rows)
         summary = ", ".join(f"{r[2]} {r[3]}" for r in rows if r[2])
         what = outcome.problem or summary or "written answers only"
-        print(f"{shown}: {outcome.exercise or '?'} {score}/{total} ({what})", flush=True)
+        _say(f"{shown}: {outcome.exercise or '?'} {score}/{total} ({what})")
     try:
         feedback_dir.mkdir(parents=True, exist_ok=True)
         for outcome, name in zip(outcomes, _feedback_names(outcomes, paths)):
@@ -924,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rows = sum(len(rows_of(o)) for o in outcomes)
     again = " (replacing the previous one)" if replacing else ""
-    print(f"wrote {out}{again}: {rows} rows, and {len(outcomes)} feedback texts in {feedback_dir}/")
+    _say(f"wrote {out}{again}: {rows} rows, and {len(outcomes)} feedback texts in {feedback_dir}/")
     return 0
 
 
