@@ -3,6 +3,7 @@
     python scripts/build_exercises.py            # write exercises/NN_*.ipynb (never your answers)
     python scripts/build_exercises.py --force    # also replace copies you edited (kept in backups/)
     python scripts/build_exercises.py --check    # exit 1 when a learner copy is stale or missing
+    python scripts/build_exercises.py --check --strict  # also when one holds answers (CI)
 
 One source of truth: the instructor source of exercise NN is its worked solution,
 ``exercises/solutions/NN_topic.ipynb``. Inside its code cells the lines between
@@ -25,12 +26,15 @@ generated copy itself (with V blank), and each cell's ``metadata.whitebox.role``
 ``experiment`` (a given cell after the first answer that uses the learner's functions).
 
 A learner's work is never lost. A learner copy is *pristine* when it is exactly what the build
-wrote (its version hash still matches it) or exactly what git has committed; only pristine
-copies are replaced. A copy that differs (answers filled in, or only run) is kept as it is and
-the build says so; ``--force`` first moves it to ``exercises/backups/NN_topic-<time>.ipynb``.
+wrote (its version hash still matches it), or a copy from before the version metadata that is
+exactly what git has committed; only pristine copies are replaced. A copy that differs
+(answers filled in, or only run; committed or not) is kept as it is and the build says so;
+``--force`` first moves it to ``exercises/backups/NN_topic-<time>.ipynb``.
 ``--check`` compares the generator's output with the learner copy when it is pristine, and with
 the committed copy (``git show HEAD:...``) when the learner has edited it, so it never condemns
-a learner's answers and still catches a stale committed copy.
+a learner's answers and still catches a stale committed copy; when the learner has committed
+answers too, it does not compare. ``--check --strict`` (for CI and before a commit to the
+project) requires every learner copy to be exactly the generated one.
 """
 
 from __future__ import annotations
@@ -204,6 +208,14 @@ def self_consistent(text: str) -> bool:
     )
 
 
+def has_version(text: str) -> bool:
+    """True when ``text`` is a notebook that records the build's version metadata."""
+    try:
+        return bool(nbformat.reads(text, as_version=4).metadata["whitebox"]["version"])
+    except Exception:
+        return False
+
+
 def committed(root: Path, path: Path) -> str | None:
     """The text of ``path`` as committed in git's HEAD, or None (no git, not tracked)."""
     try:
@@ -262,7 +274,7 @@ def sources(root: Path = ROOT) -> list[Path]:
     return sorted((root / "exercises" / "solutions").glob("[0-9][0-9]_*.ipynb"))
 
 
-def build(check: bool, force: bool = False, root: Path = ROOT) -> int:
+def build(check: bool, force: bool = False, root: Path = ROOT, strict: bool = False) -> int:
     exercises = root / "exercises"
     problems, notes, kept = [], [], []
     expected_names = set()
@@ -276,18 +288,27 @@ def build(check: bool, force: bool = False, root: Path = ROOT) -> int:
         if current == text:
             continue
         head = committed(root, target) if current is not None else None
-        pristine = current is None or self_consistent(current) or current == head
+        # the build's own output, or a copy from before the version metadata that git holds
+        pristine = (
+            current is None
+            or self_consistent(current)
+            or (current == head and not has_version(current))
+        )
         if check:
             if current is None:
                 problems.append(f"{shown} is missing")
             elif pristine:
                 problems.append(f"{shown} is out of date with {src.name}")
+            elif strict:
+                problems.append(f"{shown} is not the generated copy (answers or outputs in it)")
             elif head is None:
                 notes.append(f"{shown} holds your work; not compared (no committed copy in git).")
-            elif head != text:
-                problems.append(f"the committed {shown} is out of date with {src.name}")
-            else:
+            elif head == text:
                 notes.append(f"{shown} holds your work; its committed copy is up to date.")
+            elif self_consistent(head):
+                problems.append(f"the committed {shown} is out of date with {src.name}")
+            else:  # the learner committed their answers too
+                notes.append(f"{shown} holds your work, committed; not compared.")
             continue
         if not pristine:
             if not force:
@@ -333,9 +354,17 @@ def main(argv: list[str], root: Path = ROOT) -> int:
         help="also replace learner copies that hold your work, after moving each one to "
         "exercises/backups/",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --check: every learner copy must be exactly the generated one (for CI and "
+        "maintainers before a commit; a learner's answers fail it)",
+    )
     args = parser.parse_args(argv)
+    if args.strict and not args.check:
+        parser.error("--strict only goes with --check")
     try:
-        return build(args.check, args.force, root)
+        return build(args.check, args.force, root, args.strict)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -195,6 +195,24 @@ def test_check_catches_a_stale_committed_copy_under_an_edited_one(repo, capsys):
     assert f"the committed exercises/{NAME} is out of date" in capsys.readouterr().err
 
 
+def test_check_leaves_committed_answers_alone_unless_strict(repo, capsys):
+    commit_all(repo)
+    answer(learner(repo))
+    commit_all(repo)  # the learner commits their answers on a branch of their own
+    assert build.build(check=True, root=repo) == 0
+    assert "holds your work, committed; not compared" in capsys.readouterr().out
+    assert build.main(["--check", "--strict"], repo) == 1
+    assert "is not the generated copy" in capsys.readouterr().err
+    mine = learner(repo).read_bytes()
+    change_source(repo)
+    assert build.build(check=False, root=repo) == 0  # committed answers are kept too
+    assert learner(repo).read_bytes() == mine
+
+
+def test_strict_passes_the_generated_copies(repo):
+    assert build.main(["--check", "--strict"], repo) == 0
+
+
 def test_check_catches_a_stale_untouched_copy(repo, capsys):
     change_source(repo)
     assert build.build(check=True, root=repo) == 1
