@@ -23,7 +23,8 @@ Metadata for the grader (``python -m whitebox.grade``): the notebook's
 ``metadata.whitebox = {"exercise": "NN_topic", "version": V}``, where V is a hash of the
 generated copy itself (with V blank), and each cell's ``metadata.whitebox.role``: ``answer``
 (a code region to fill in), ``written`` (a markdown answer), ``check`` (calls a checker) or
-``experiment`` (a given cell after the first answer that uses the learner's functions).
+``experiment`` (a given cell after the first answer that does more than import and define:
+it uses the learner's functions).
 
 A learner's work is never lost. A learner copy is *pristine* when it is exactly what the build
 wrote (its version hash still matches it), or a copy from before the version metadata that is
@@ -132,7 +133,14 @@ def _role(cell, regions: int, after_answer: bool, checkers: set[str]) -> str | N
         return ROLE_ANSWER
     if calls_checker(cell.source, checkers):
         return ROLE_CHECK
-    return ROLE_EXPERIMENT if after_answer else None
+    return ROLE_EXPERIMENT if after_answer and not defines_only(cell.source) else None
+
+
+def defines_only(source: str) -> bool:
+    """True for a cell that only imports and defines (a given helper: the grader runs it)."""
+    body = ast.parse(source).body
+    kinds = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
+    return bool(body) and all(isinstance(node, kinds) for node in body)
 
 
 def learner_notebook(source_nb, name: str):

@@ -254,3 +254,23 @@ def test_the_generated_copies_are_lint_clean(tmp_path):
             [str(ruff), *command, *config, *copies], capture_output=True, text=True
         )
         assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_roles_of_the_cells():
+    cells = [
+        "import numpy as np\nfrom whitebox.exercise_checks import check_thing",
+        "def thing(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+        "thing_ok = check_thing(thing)",
+        "def given_helper(x):\n    return x + 1",  # a given definition: the grader runs it
+        "if thing_ok:\n    print(thing(3))",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.cells.insert(
+        2, nbformat.v4.new_markdown_cell("Why?\n\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION")
+    )
+    out = build.learner_notebook(nb, "exercises/solutions/99_thing.ipynb")
+    roles = [c.metadata.get("whitebox", {}).get("role") for c in out.cells]
+    assert roles == [None, "answer", "written", "check", None, "experiment"]
+    assert out.metadata["whitebox"]["exercise"] == "99_thing"
+    assert "*Your answer here.*" in out.cells[2].source and "Because" not in out.cells[2].source
