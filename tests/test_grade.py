@@ -147,6 +147,8 @@ def _submissions() -> dict[str, nbformat.NotebookNode]:
         "%%time\n" + next(c.source for c in good.cells if "def compression_rate(" in c.source),
     )
     noisy = insert_cell(noisy, 3, "while True:\n    pass")
+    old_version = copy.deepcopy(untouched)
+    old_version.metadata["whitebox"]["version"] = "0123456789abcdef"
     no_metadata = copy.deepcopy(good)
     del no_metadata.metadata["whitebox"]
     written = learner("09_unrolled_questions")
@@ -167,6 +169,7 @@ def _submissions() -> dict[str, nbformat.NotebookNode]:
         "noisy.ipynb": noisy,
         "crashing_cell.ipynb": crashing_cell,
         "untouched.ipynb": untouched,
+        "old_version.ipynb": old_version,
         "no_metadata.ipynb": no_metadata,
         "written.ipynb": written,
         "renamed/homework 1 (final).ipynb": good,
@@ -318,6 +321,13 @@ def test_the_untouched_learner_copy_is_not_attempted(graded):
     rows = graded["rows"]["untouched.ipynb"]
     assert {r["status"] for r in rows.values()} == {"not attempted"}
     assert "NotImplementedError" in feedback(graded, "untouched")
+
+
+def test_another_version_of_the_exercise_is_graded_and_noted(graded):
+    rows = graded["rows"]["old_version.ipynb"]
+    assert {r["status"] for r in rows.values()} == {"not attempted"}
+    assert "another version of exercise 01_coding_rate" in feedback(graded, "old_version")
+    assert "another version" not in feedback(graded, "untouched")
 
 
 def test_a_notebook_without_metadata_is_an_error_that_says_why(graded):

@@ -597,6 +597,18 @@ def _first_line(markdown: str) -> str:
     return ""
 
 
+def _current_version(exercise: str) -> str | None:
+    """The version of the learner copy of ``exercise`` in this repository's exercises/ (None
+    when the library is installed without it)."""
+    path = Path(__file__).resolve().parent.parent / "exercises" / f"{exercise}.ipynb"
+    try:
+        meta = json.loads(path.read_bytes()).get("metadata", {}).get("whitebox", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    version = meta.get("version") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) and version else None
+
+
 def _is_written(source: str) -> bool:
     """A written-answer cell holds an answer once its placeholder *Your answer here.* is gone
     or has text after it."""
@@ -622,6 +634,13 @@ def grade_submission(path: Path, shown: str, timeout: float, memory_mb: int) -> 
             outcome.written.append((label, _is_written(c["source"])))
         else:
             question = _first_line(c["source"]) or question
+    current = _current_version(nb.exercise)
+    if current and nb.version != current:
+        outcome.notes.append(
+            f"this notebook was made from another version of exercise {nb.exercise} "
+            f"({nb.version or 'none recorded'}; the current one is {current}): its text may "
+            "differ, the functions are checked as the current exercise asks"
+        )
     checks = EXERCISES[nb.exercise]
     if not checks:
         return outcome
@@ -704,7 +723,8 @@ def grade_submission(path: Path, shown: str, timeout: float, memory_mb: int) -> 
         shutil.rmtree(scratch, ignore_errors=True)
     for index, (state, error) in sorted(cell_state.items()):
         outcome.notes.append(
-            f"cell {index} {error}" if state == "timeout" else f"cell {index}: {error}"
+            (f"cell {index} {error}" if state == "timeout" else f"cell {index}: {error}")
+            + " (the next cells ran)"
         )
     for result in outcome.results.values():
         if result.get("status") == "missing":  # say why it is missing, when a cell says it
@@ -763,7 +783,7 @@ def feedback_of(outcome: Outcome) -> str:
         ]
         lines += [f"  {i}: {'written' if w else 'not written'}" for i, w in outcome.written]
     if outcome.notes:
-        lines += ["", "Cells that stopped early (the grader ran the next ones):"]
+        lines += ["", "Notes:"]
         lines += [f"  {n}" for n in outcome.notes]
     return "\n".join(lines) + "\n"
 
