@@ -9,9 +9,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
-LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises book
+# exercises/solutions, not the learner copies: those hold a learner's answers, which make test
+# never judges (the copies the build generates are linted by tests/test_build_exercises.py).
+LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises/solutions book
 
-.PHONY: all venv venv-lib venv-notebooks venv-book train test lint pytest nbval lab notebooks exercises results bench torch demo clean nbval-other-cpu book book-test diagrams
+.PHONY: all venv venv-lib venv-notebooks venv-book train test lint pytest nbval lab notebooks exercises grade results bench torch demo clean nbval-other-cpu book book-test diagrams
 
 all: test
 
@@ -90,9 +92,20 @@ lab: venv-notebooks
 notebooks: venv
 	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/python scripts/run_notebooks.py $(NOTEBOOKS) $(SOLUTIONS)
 
-# Regenerate the learner copies of the exercises from the instructor sources.
+# Regenerate the learner copies of the exercises from the instructor sources. A copy that holds
+# a learner's work (answers, outputs) is kept as it is, and said; FORCE=1 moves it to
+# exercises/backups/ first and writes the new copy.
 exercises: venv
-	$(BIN)/python scripts/build_exercises.py
+	$(BIN)/python scripts/build_exercises.py $(if $(FORCE),--force)
+
+# Grade learner notebooks: make grade SUBMISSIONS=folder/ [GRADES=grades.csv] [TIMEOUT=60]
+# writes the gradebook and one feedback text per notebook in $(GRADES stem)-feedback/.
+GRADES ?= grades.csv
+grade:
+	@if [ -z "$(SUBMISSIONS)" ]; then \
+		echo "make grade: SUBMISSIONS is not set; expected a folder of notebooks (make grade SUBMISSIONS=folder/)" >&2; exit 2; fi
+	@$(MAKE) --no-print-directory venv-lib
+	$(BIN)/python -m whitebox.grade "$(SUBMISSIONS)" --out "$(GRADES)" $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 # Regenerate the results table in README.md (trains every configuration; takes a while).
 results: venv
