@@ -1,0 +1,125 @@
+"""Plotting and demo helpers for the chapters, kept out of the argument.
+
+The chapters import this module (their kernel runs in ``notebooks/``). Each chapter's helpers
+live in a section named after it. Nothing here is part of the library: the mathematics is in
+``whitebox``; these functions only build example data, draw figures and sliders.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import whitebox as wb
+
+# ---------------------------------------------------------------- chapter 1: coding rate
+
+
+def cloud_2d(sig1, sig2, n_tokens=300, seed=0):
+    """A 2-D cloud (2, n_tokens) whose empirical covariance is exactly diag(sig1^2, sig2^2)."""
+    G = np.random.default_rng(seed).standard_normal((2, n_tokens))
+    w, V = np.linalg.eigh(G @ G.T / n_tokens)
+    G = V @ np.diag(w**-0.5) @ V.T @ G  # whitened: G G^T / n = I
+    return np.diag([sig1, sig2]) @ G
+
+
+def plot_clouds(eps, sigmas=((1.0, 1.0), (3.0, 1.0), (3.0, 0.05))):
+    """Three 2-D clouds with their coding rates, and R against the stretch sigma_1.
+
+    Curves: the eigenvalue form sum_i 1/2 log(1 + d sigma_i^2 / eps^2); dots: wb.coding_rate.
+    """
+    fig = plt.figure(figsize=(13, 3.8))
+    for i, sig in enumerate(sigmas):
+        ax = fig.add_subplot(1, 4, i + 1)
+        Z2 = cloud_2d(*sig)
+        ax.scatter(Z2[0], Z2[1], s=4, alpha=0.5)
+        ax.add_patch(plt.Circle((0, 0), eps, fill=False, ls="--", color="k"))
+        ax.set(xlim=(-8, 8), ylim=(-8, 8), aspect="equal", xlabel="$z_1$", ylabel="$z_2$")
+        ax.set_title(rf"$\sigma=({sig[0]:g},\,{sig[1]:g})$: $R$ = {wb.coding_rate(Z2, eps):.2f}")
+    ax = fig.add_subplot(1, 4, 4)
+    grid = np.linspace(0.01, 4, 200)
+    pts = np.linspace(0.5, 4, 8)
+    for sig2 in [1.0, 0.3, 0.05]:
+        curve = 0.5 * (np.log1p(2 * grid**2 / eps**2) + np.log1p(2 * sig2**2 / eps**2))
+        line = ax.plot(grid, curve, label=rf"$\sigma_2$ = {sig2:g}")[0]
+        dots = [wb.coding_rate(cloud_2d(p, sig2), eps) for p in pts]
+        ax.plot(pts, dots, "o", color=line.get_color(), ms=4)
+    ax.set(xlabel=r"stretch $\sigma_1$", ylabel=r"coding rate $R$ (nats)")
+    ax.set_title("curves: eigenvalue form; dots: wb.coding_rate")
+    ax.legend()
+    fig.tight_layout()
+    plt.show()
+
+
+def two_lines(theta, sigma=1.0, n_per_group=100, seed=0):
+    """Two groups on lines through 0 at angle theta in R^3: Z (3, 2 n_per_group) and Pi.
+
+    Each group has variance exactly sigma^2 along its line.
+    """
+    g = np.random.default_rng(seed)
+    dirs = np.array([[1.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0]])
+    cols = []
+    for u in dirs:
+        rho = g.standard_normal(n_per_group)
+        rho *= sigma / np.sqrt(np.mean(rho**2))  # exact variance sigma^2 along the line
+        cols.append(np.outer(u, rho))
+    return np.hstack(cols), np.repeat(np.eye(2), n_per_group, axis=0)
+
+
+def _draw_lines(ax, theta, sigma):
+    Z, _ = two_lines(theta, sigma)
+    half = Z.shape[1] // 2
+    ax.scatter(Z[0, :half], Z[1, :half], s=5, label="group 1")
+    ax.scatter(Z[0, half:], Z[1, half:], s=5, label="group 2")
+    ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal", xlabel="$z_1$", ylabel="$z_2$")
+
+
+def plot_two_lines(dR_formula, eps, degrees=(0, 45, 90)):
+    """Two lines at three angles, and Delta R(theta): formula curves, wb.rate_reduction dots.
+
+    dR_formula(theta, a) is the closed form with a = d sigma^2 / (2 eps^2), d = 3.
+    """
+    fig, axes = plt.subplots(1, len(degrees) + 1, figsize=(14, 3.6))
+    for ax, deg in zip(axes, degrees):
+        _draw_lines(ax, np.deg2rad(deg), 1.0)
+        dR = wb.rate_reduction(*two_lines(np.deg2rad(deg)), eps)
+        ax.set_title(rf"$\theta$ = {deg}°: $\Delta R$ = {dR + 0.0:.2f}")
+    ax = axes[-1]
+    grid = np.linspace(0, np.pi, 200)
+    pts = np.deg2rad(np.arange(0, 181, 20))
+    for sigma in [0.5, 1.0, 2.0]:
+        a = 3 * sigma**2 / (2 * eps**2)
+        line = ax.plot(np.rad2deg(grid), dR_formula(grid, a), label=rf"$\sigma$ = {sigma:g}")[0]
+        dots = [wb.rate_reduction(*two_lines(t, sigma), eps) for t in pts]
+        ax.plot(np.rad2deg(pts), dots, "o", color=line.get_color(), ms=4)
+    ax.set(xlabel=r"angle $\theta$ (degrees)", ylabel=r"$\Delta R$ (nats)", xticks=[0, 90, 180])
+    ax.set_title("curves: SymPy; dots: wb.rate_reduction")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def two_lines_slider(dR_formula, eps):
+    """A slider for the angle theta and the spread sigma of the two lines, with Delta R."""
+    import ipywidgets
+
+    def show(theta_deg=45, sigma=1.0):
+        theta = np.deg2rad(theta_deg)
+        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.6))
+        _draw_lines(ax0, theta, sigma)
+        ax0.legend(loc="lower left", fontsize=8)
+        a = 3 * sigma**2 / (2 * eps**2)
+        grid = np.linspace(0, np.pi, 200)
+        ax1.plot(np.rad2deg(grid), dR_formula(grid, a))
+        dR = wb.rate_reduction(*two_lines(theta, sigma), eps)
+        ax1.plot([theta_deg], [dR], "o", color="tab:red", ms=8)
+        ax1.set(xlabel=r"$\theta$ (degrees)", ylabel=r"$\Delta R$ (nats)")
+        ax1.set_title(rf"$\Delta R$ = {dR + 0.0:.3f} nats (wb.rate_reduction)")
+        fig.tight_layout()
+        plt.show()
+
+    ipywidgets.interact(
+        show,
+        theta_deg=ipywidgets.IntSlider(value=45, min=0, max=180, step=5, description="θ (deg)"),
+        sigma=ipywidgets.FloatSlider(value=1.0, min=0.25, max=3.0, step=0.25, description="σ"),
+    )
