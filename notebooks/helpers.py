@@ -123,3 +123,48 @@ def two_lines_slider(dR_formula, eps):
         theta_deg=ipywidgets.IntSlider(value=45, min=0, max=180, step=5, description="θ (deg)"),
         sigma=ipywidgets.FloatSlider(value=1.0, min=0.25, max=3.0, step=0.25, description="σ"),
     )
+
+
+# ---------------------------------------------------------------- chapter 4: step to attention
+
+
+def _gain_axes(ax):
+    y = np.logspace(-4, 2, 200)
+    ax.loglog(y, 1 / y, "k--", lw=1, label="1 / y (fine-code limit)")
+    ax.set(xlabel="statistic y", ylabel="gain c / (1 + c y)", ylim=(1e-2, 200))
+    ax.grid(True, which="both", alpha=0.3)
+    return y
+
+
+def plot_gain(cs=(0.1, 1.0, 16.0, 64.0)):
+    """The gain c / (1 + c y) against the statistic y, for several c (log-log)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    y = _gain_axes(ax)
+    for c in cs:
+        ax.loglog(y, c / (1 + c * y), label=f"c = {c:g}")
+    ax.set_title("the gain: flat at c for c y << 1, along 1/y for c y >> 1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def gain_slider():
+    """A slider for c = d / eps^2: the gain curve, its bend at y = 1/c, and the layer's c = 1."""
+    import ipywidgets
+
+    def show(log10_c=1.0):
+        c = 10.0**log10_c
+        fig, ax = plt.subplots(figsize=(6, 4))
+        y = _gain_axes(ax)
+        ax.loglog(y, 1 / (1 + y), color="tab:gray", lw=1, label="the layer (c dropped: c = 1)")
+        ax.loglog(y, c / (1 + c * y), color="tab:red", lw=2, label=f"c = {c:.3g}")
+        ax.axvline(1 / c, color="tab:red", ls=":", lw=1)
+        ax.set_title(f"bend at y = 1/c = eps^2/d = {1 / c:.3g}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plt.show()
+
+    ipywidgets.interact(
+        show,
+        log10_c=ipywidgets.FloatSlider(value=1.0, min=-2, max=3, step=0.25, description="log10 c"),
+    )

@@ -10,8 +10,7 @@ import pytest
 import sympy as sp
 
 import whitebox as wb
-from whitebox.data import random_orthonormal_bases
-from whitebox.gradcheck import numerical_grad, rel_error
+from whitebox.gradcheck import rel_error
 
 EPS = 0.5
 
@@ -64,3 +63,105 @@ def test_ch1_two_lines_rate_reduction_is_the_closed_form(deg, sigma):
     a = 3 * sigma**2 / (2 * EPS**2)
     closed = 0.5 * np.log1p(a**2 * np.sin(theta) ** 2 / (1 + 2 * a))
     assert wb.rate_reduction(Z, Pi, EPS) == pytest.approx(closed, rel=1e-9, abs=1e-12)
+
+
+# ---------------------------------------------------------------- chapter 4: step to attention
+
+
+def test_ch4_per_token_gradient_from_sympy_matches_the_library():
+    d, n, K = 2, 3, 2
+    c = sp.Symbol("c", positive=True)
+    Z = sp.Matrix(d, n, lambda i, j: sp.Symbol(f"z{i}{j}", real=True))
+    P = sp.Matrix(n, K, lambda j, k: sp.Symbol(f"p{j}{k}", positive=True))
+    u = [sp.Matrix(d, 1, lambda i, _, k=k: sp.Symbol(f"u{k}{i}", real=True)) for k in range(K)]
+    nk = [sum(P[:, k]) for k in range(K)]
+    proj = [[(u[k].T * Z[:, j])[0] for j in range(n)] for k in range(K)]
+    y = [sum(P[j, k] * proj[k][j] ** 2 for j in range(n)) / nk[k] for k in range(K)]
+    R = sum(nk[k] / (2 * n) * sp.log(1 + c * y[k]) for k in range(K))
+    grad = sp.Matrix(d, n, lambda i, j: sp.diff(R, Z[i, j]))
+    rng = np.random.default_rng(0)
+    eps = 0.7
+    Z0, Pi0, U0 = (
+        rng.standard_normal((d, n)),
+        rng.dirichlet(np.ones(K), size=n),
+        rng.standard_normal((K, d, 1)),
+    )
+    vals = {c: d / eps**2}
+    vals.update({Z[i, j]: Z0[i, j] for i in range(d) for j in range(n)})
+    vals.update({P[j, k]: Pi0[j, k] for j in range(n) for k in range(K)})
+    vals.update({u[k][i]: U0[k, i, 0] for k in range(K) for i in range(d)})
+    g_sym = np.array(grad.subs(vals).evalf(), dtype=float)
+    assert rel_error(wb.variational_compression_grad(Z0, Pi0, U0, eps), g_sym) < 1e-10
+
+
+@pytest.mark.parametrize("eta", [0.01, 0.1, 1.0])
+def test_ch4_membership_is_the_gaussian_mixture_posterior_at_eta_one_plus_eta(eta):
+    from scipy.stats import multivariate_normal
+
+    mix = wb.data.subspace_mixture(n_per_group=32, d=8, p=2, K=3, noise=0.2, seed=0)
+    logp = np.stack(
+        [
+            multivariate_normal(np.zeros(8), Uk @ Uk.T + eta * np.eye(8)).logpdf(mix.Z.T)
+            for Uk in mix.U
+        ],
+        axis=1,
+    )
+    post = np.exp(logp - logp.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    exact = wb.estimate_membership(mix.Z, mix.U, eta * (1 + eta))
+    np.testing.assert_allclose(exact, post, atol=1e-12)
+    # at eta itself the temperature is off by 1 + eta: a real difference, not round-off
+    assert np.abs(wb.estimate_membership(mix.Z, mix.U, eta) - post).max() > 1e-4
+
+
+def test_ch4_softmax_formula_is_estimate_membership():
+    mix = wb.data.subspace_mixture(n_per_group=64, d=16, p=2, K=4, noise=0.2, seed=0)
+    logits = (np.einsum("kdp,dn->knp", mix.U, mix.Z) ** 2).sum(-1).T / (2 * 0.05)
+    by_hand = np.exp(logits - logits.max(1, keepdims=True))
+    by_hand /= by_hand.sum(1, keepdims=True)
+    np.testing.assert_allclose(wb.estimate_membership(mix.Z, mix.U, 0.05), by_hand, atol=1e-12)
+
+
+def _layer_formula(X, W_qkv, temp, W_out, K, p):
+    # chapter 4's steps 1, 3-6 for one sequence X (n, D), without the normalization of step 2
+    w = (X @ W_qkv).reshape(len(X), K, p).transpose(1, 0, 2)  # (K, n, p)
+    logits = temp * (w**2).sum(-1)  # (K, n)
+    Pi = np.exp(logits - logits.max(0))
+    Pi /= Pi.sum(0)
+    y = np.einsum("kn,knp->kp", Pi / Pi.sum(1, keepdims=True), w**2)  # (K, p)
+    v = -Pi[:, :, None] * w / (1 + y[:, None, :])
+    return v.transpose(1, 0, 2).reshape(len(X), K * p) @ W_out, Pi.T
+
+
+def test_ch4_layer_with_sqrt_c_weights_is_the_gradient_step():
+    d, K, p = 6, 3, 2
+    small = wb.data.subspace_mixture(n_per_group=4, d=d, p=p, K=K, noise=0.1, seed=1)
+    Z, U = small.Z, small.U
+    n, eps, eta, tau = Z.shape[1], 0.5, 0.5, 0.3
+    c = d / eps**2
+    U_flat = U.transpose(1, 0, 2).reshape(d, K * p)
+    out, Pi_layer = _layer_formula(
+        Z.T, np.sqrt(c) * U_flat, 1 / (2 * eta * c), tau * np.sqrt(c) / n * U_flat.T, K, p
+    )
+    Pi = wb.estimate_membership(Z, U, eta)
+    np.testing.assert_allclose(Pi_layer, Pi, rtol=1e-12, atol=1e-14)
+    grad = wb.variational_compression_grad(Z, Pi, U, eps)
+    np.testing.assert_allclose(out.T, -tau * grad, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(Z + out.T, wb.tssa_step(Z, Pi, U, eps, tau), rtol=1e-12)
+    # c dropped: the gradient at eps = sqrt(d)
+    out1, Pi1 = _layer_formula(Z.T, U_flat, 1 / (2 * eta), tau / n * U_flat.T, K, p)
+    g1 = wb.variational_compression_grad(Z, Pi1, U, np.sqrt(d))
+    np.testing.assert_allclose(out1.T, -tau * g1, rtol=1e-10, atol=1e-14)
+    # the real layer: the same for its own Pi, up to the 1e-8 guard of an empty head
+    params = {
+        "qkv.weight": np.sqrt(c) * U_flat,
+        "qkv.bias": np.zeros(d),
+        "temp": np.full((K, 1), 3.0),
+        "proj.weight": tau * np.sqrt(c) / n * U_flat.T,
+        "proj.bias": np.zeros(d),
+    }
+    out_nn, cache = wb.nn.tssa_forward(Z.T[None], params)
+    step = -tau * wb.variational_compression_grad(Z, cache["pi"][0].T, U, eps)
+    assert np.abs(out_nn[0].T - step).max() / np.abs(step).max() < 1e-7
+    _, cache10 = wb.nn.tssa_forward(10.0 * Z.T[None], params)
+    np.testing.assert_allclose(cache10["pi"], cache["pi"], rtol=1e-10)
