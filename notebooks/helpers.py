@@ -125,6 +125,102 @@ def two_lines_slider(dR_formula, eps):
     )
 
 
+# ---------------------------------------------------------------- chapter 3: gradient
+
+
+def plot_one_step(Z, Z_next, factors, mix, eps, n_steps=8):
+    """Left: a 2-D group before and after one step. Right: R_c^var over repeated steps."""
+    traj = [mix.Z]
+    tau = mix.Z.shape[1] * eps**2 / mix.Z.shape[0]  # n / c
+    for _ in range(n_steps):
+        traj.append(wb.tssa_step(traj[-1], mix.Pi, mix.U, eps, tau))
+    values = [wb.variational_compression_rate(Zt, mix.Pi, mix.U, eps) for Zt in traj]
+    fig, (ax, ax1) = plt.subplots(1, 2, figsize=(13, 4.5), width_ratios=[1.4, 1])
+    ax.scatter(Z[0], Z[1], s=6, alpha=0.5, label="tokens $Z$")
+    ax.scatter(Z_next[0], Z_next[1], s=6, alpha=0.7, label=r"after one step")
+    sel = slice(0, Z.shape[1], 8)
+    dZ = Z_next - Z
+    ax.quiver(Z[0, sel], Z[1, sel], dZ[0, sel], dZ[1, sel], angles="xy", scale_units="xy",
+              scale=1, width=0.003, color="k")  # fmt: skip
+    ax.set(xlim=(-6, 6), ylim=(-1.2, 1.2))  # the two axes have different scales
+    ax.set_xlabel(f"$z_1$ (spread 2: factor {factors[0]:.2f})")
+    ax.set_ylabel(f"$z_2$ (spread 0.3: factor {factors[1]:.2f})")
+    ax.set_title(r"One step with $\tau = n\epsilon^2/d$: the thin direction shrinks")
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax1.plot(range(len(values)), values, "o-")
+    ax1.set(xlabel="number of steps", ylabel=r"$R_c^{\mathrm{var}}(Z, \Pi \mid U)$ (nats)")
+    ax1.set_title("Repeated steps on a 4-subspace mixture (true U, Π)")
+    fig.tight_layout()
+    plt.show()
+
+
+def descent_curves(Z, Pi, U, eps, m_max=3.0):
+    """R_c^var after one step of size tau = m 2n/c, and the majorizer's guarantee, both relative.
+
+    Returns (ms, actual, bound) with actual = (R(Z - tau grad) - R(Z)) / R(Z) and
+    bound = -tau (1 - tau c / 2n) ||grad||_F^2 / R(Z), which chapter 3 proves is >= actual.
+    """
+    ms = np.linspace(0, m_max, 61)
+    d, n = Z.shape
+    c = d / eps**2
+    R = wb.variational_compression_rate(Z, Pi, U, eps)
+    G2 = np.sum(wb.variational_compression_grad(Z, Pi, U, eps) ** 2)
+    taus = ms * 2 * n / c
+    actual = [
+        wb.variational_compression_rate(wb.tssa_step(Z, Pi, U, eps, t), Pi, U, eps) for t in taus
+    ]
+    bound = -taus * (1 - taus * c / (2 * n)) * G2 / R
+    return ms, (np.array(actual) - R) / R, bound
+
+
+def _descent_axes(ax, ms, actual, bound, title):
+    ax.axvspan(0, 1, color="tab:green", alpha=0.1, label=r"$0 \leq \tau \leq 2n/c$")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.plot(ms, bound, "--", color="tab:gray", label="guarantee (majorizer)")
+    ax.plot(ms, actual, color="tab:blue", label=r"actual change of $R_c^{\mathrm{var}}$")
+    low = 1.2 * min(np.min(actual), np.min(bound))
+    ax.set(
+        xlabel=r"step size $\tau$ in units of $2n/c$", ylabel="relative change", ylim=(low, -low)
+    )
+    ax.set_title(title)
+
+
+def plot_descent(cases, eps):
+    """One panel per case {title: (Z, Pi, U)}: actual change against the guarantee."""
+    fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 3.8))
+    for ax, (title, (Z, Pi, U)) in zip(np.atleast_1d(axes), cases.items()):
+        _descent_axes(ax, *descent_curves(Z, Pi, U, eps), title)
+    np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    plt.show()
+
+
+def tau_slider(Z, Pi, U, eps):
+    """A slider for tau: a 2-D group before and after the step, and where tau sits on the curve."""
+    import ipywidgets
+
+    ms, actual, bound = descent_curves(Z, Pi, U, eps)
+    d, n = Z.shape
+
+    def show(m=0.5):
+        Z_next = wb.tssa_step(Z, Pi, U, eps, m * 2 * n * eps**2 / d)
+        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+        ax0.scatter(Z[0], Z[1], s=5, alpha=0.4, label="tokens")
+        ax0.scatter(Z_next[0], Z_next[1], s=5, alpha=0.7, label="after the step")
+        ax0.set(xlim=(-6, 6), ylim=(-3, 3), xlabel="$z_1$", ylabel="$z_2$")
+        ax0.legend(fontsize=8, loc="lower right")
+        _descent_axes(ax1, ms, actual, bound, rf"$\tau$ = {m:.2f} $\times\, 2n/c$")
+        R0 = wb.variational_compression_rate(Z, Pi, U, eps)
+        R1 = wb.variational_compression_rate(Z_next, Pi, U, eps)
+        ax1.plot([m], [(R1 - R0) / R0], "o", color="tab:red", ms=8)
+        fig.tight_layout()
+        plt.show()
+
+    ipywidgets.interact(
+        show, m=ipywidgets.FloatSlider(value=0.5, min=0, max=3, step=0.05, description="τ / (2n/c)")
+    )
+
+
 # ---------------------------------------------------------------- chapter 4: step to attention
 
 

@@ -10,7 +10,7 @@ import pytest
 import sympy as sp
 
 import whitebox as wb
-from whitebox.gradcheck import rel_error
+from whitebox.gradcheck import numerical_grad, rel_error
 
 EPS = 0.5
 
@@ -165,3 +165,74 @@ def test_ch4_layer_with_sqrt_c_weights_is_the_gradient_step():
     assert np.abs(out_nn[0].T - step).max() / np.abs(step).max() < 1e-7
     _, cache10 = wb.nn.tssa_forward(10.0 * Z.T[None], params)
     np.testing.assert_allclose(cache10["pi"], cache["pi"], rtol=1e-10)
+
+
+# ---------------------------------------------------------------- chapter 3: gradient
+
+
+def _rel_change(Z, Pi, U, eps, tau):
+    before = wb.variational_compression_rate(Z, Pi, U, eps)
+    after = wb.variational_compression_rate(wb.tssa_step(Z, Pi, U, eps, tau), Pi, U, eps)
+    return (after - before) / before
+
+
+def test_ch3_finite_differences_pass_the_library_and_catch_the_slips():
+    rng = np.random.default_rng(0)
+    Z, U = rng.standard_normal((4, 6)), rng.standard_normal((2, 4, 2))
+    Pi = rng.dirichlet(np.ones(2), size=6)
+    g_num = numerical_grad(lambda: wb.variational_compression_rate(Z, Pi, U, EPS), Z)
+    g = wb.variational_compression_grad(Z, Pi, U, EPS)
+    assert rel_error(g, g_num) < 1e-7
+    D = (4 / EPS**2) / (1 + (4 / EPS**2) * wb.token_statistics(Z, Pi, U))
+    T = [U[k] @ np.diag(D[k]) @ U[k].T @ Z for k in range(2)]
+    assert rel_error(sum(T[k] * Pi[:, k] for k in range(2)) / 6, g) < 1e-12  # the closed form
+    slips = [
+        2 * g,
+        sum(T[k] * Pi[:, k] / Pi[:, k].sum() for k in range(2)),
+        sum(T[k] * Pi[:, k] ** 2 for k in range(2)) / 6,
+    ]
+    assert all(rel_error(s, g_num) > 0.1 for s in slips)
+
+
+def test_ch3_one_step_scales_each_axis_by_cy_over_one_plus_cy():
+    G = np.random.default_rng(2).standard_normal((2, 200))
+    w, V = np.linalg.eigh(G @ G.T / 200)
+    Z = np.diag([2.0, 0.3]) @ V @ np.diag(w**-0.5) @ V.T @ G
+    Pi, U = np.ones((200, 1)), np.eye(2)[None]
+    c = 2 / EPS**2
+    Z_next = wb.tssa_step(Z, Pi, U, EPS, 200 / c)
+    y = np.array([4.0, 0.09])
+    np.testing.assert_allclose(Z_next, (c * y / (1 + c * y))[:, None] * Z, rtol=1e-10, atol=1e-14)
+
+
+def test_ch3_edge_step_decreases_on_random_instances():
+    rng = np.random.default_rng(3)
+    d = 16
+    c = d / EPS**2
+    for _ in range(100):
+        n, K, p = (int(v) for v in rng.integers((20, 1, 1), (200, 6, 9)))
+        Z = 10 ** rng.uniform(-3, 1) * rng.standard_normal((d, n))
+        Pi = rng.dirichlet(np.full(K, rng.uniform(0.05, 2)), size=n)
+        U = wb.data.random_orthonormal_bases(K, d, p, rng)
+        assert _rel_change(Z, Pi, U, EPS, 2 * n / c) < 0
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 5.0])
+def test_ch3_actual_change_never_exceeds_the_majorizer_guarantee(scale):
+    mix = wb.data.subspace_mixture(n_per_group=32, d=8, p=2, K=3, noise=0.2, seed=0)
+    Z, Pi, U = scale * mix.Z, wb.estimate_membership(mix.Z, mix.U, 0.3), mix.U
+    n, c = Z.shape[1], 8 / EPS**2
+    R = wb.variational_compression_rate(Z, Pi, U, EPS)
+    G2 = np.sum(wb.variational_compression_grad(Z, Pi, U, EPS) ** 2)
+    for m in np.linspace(0, 3, 31):
+        tau = m * 2 * n / c
+        after = wb.variational_compression_rate(wb.tssa_step(Z, Pi, U, EPS, tau), Pi, U, EPS)
+        assert after <= R - tau * (1 - tau * c / (2 * n)) * G2 + 1e-12 * R
+
+
+def test_ch3_small_tokens_make_the_edge_nearly_tight_and_doubled_bases_break_it():
+    mix = wb.data.subspace_mixture(n_per_group=64, d=16, p=2, K=4, noise=0.2, seed=0)
+    Z, n, c = 1e-3 * mix.Z, mix.Z.shape[1], 16 / EPS**2
+    assert -1e-2 < _rel_change(Z, mix.Pi, mix.U, EPS, 2 * n / c) < 0
+    assert _rel_change(Z, mix.Pi, mix.U, EPS, 1.5 * 2 * n / c) > 0
+    assert _rel_change(Z, mix.Pi, 2 * mix.U, EPS, 2 * n / c) > 0
