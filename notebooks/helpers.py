@@ -125,6 +125,93 @@ def two_lines_slider(dR_formula, eps):
     )
 
 
+# ---------------------------------------------------------------- chapter 2: variational form
+
+
+def plot_rotation(M, cs=(1.0, 4.0)):
+    """Left: sum_i log(1 + c (U^T M U)_ii) over a half-turn of the rotation U(theta), for 2x2 M.
+
+    Right: the diagonal of U^T M U moving along a segment between the eigenvalues, over the
+    level sets of log(1 + x) + log(1 + y).
+    """
+    M = np.asarray(M, dtype=float)
+    lam, V = np.linalg.eigh(M)
+    lam = lam[::-1]
+    grid = np.linspace(0, np.pi, 400)
+    N11 = M[0, 0] * np.cos(grid) ** 2 + 2 * M[0, 1] * np.sin(grid) * np.cos(grid)
+    N11 += M[1, 1] * np.sin(grid) ** 2  # (U^T M U)_11 for U = [[cos, -sin], [sin, cos]]
+    N22 = np.trace(M) - N11  # the trace is invariant
+    eig_angle = np.arctan2(V[1, -1], V[0, -1]) % (np.pi / 2)  # where U's first column is v_max
+    fig, (ax, ax1) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for c in cs:
+        line = ax.plot(grid, np.log1p(c * N11) + np.log1p(c * N22), label=f"c = {c:g}")[0]
+        ax.axhline(np.log(np.linalg.det(np.eye(2) + c * M)), ls="--", color=line.get_color(), lw=1)
+    for t in [eig_angle, eig_angle + np.pi / 2]:
+        ax.axvline(t, color="gray", lw=0.8)
+    ax.set_xticks(np.arange(9) * np.pi / 8)
+    ax.set_xticklabels(["0", "π/8", "π/4", "3π/8", "π/2", "5π/8", "3π/4", "7π/8", "π"])
+    ax.set(xlabel=r"rotation angle $\theta$", ylabel=r"$\sum_i \log(1 + c\,(U^\top M U)_{ii})$")
+    ax.set_title("minimum = log det(I + cM) (dashed) at the eigenbasis (gray)")
+    ax.legend()
+    x = np.linspace(0, 4, 200)
+    X, Y = np.meshgrid(x, x)
+    cs_ = ax1.contour(X, Y, np.log1p(X) + np.log1p(Y), levels=12, cmap="viridis", linewidths=0.8)
+    ax1.clabel(cs_, fontsize=7)
+    ax1.plot(
+        [lam[0], lam[1]], [lam[1], lam[0]], color="tab:blue", lw=2, label="diagonal of $U^TMU$"
+    )
+    ax1.plot([lam[0], lam[1]], [lam[1], lam[0]], "o", color="tab:red", label="eigenvalues")
+    mid = np.trace(M) / 2
+    ax1.plot([mid], [mid], "s", color="tab:green", label="equal entries (most mixed)")
+    ax1.set(xlabel="$(U^TMU)_{11}$", ylabel="$(U^TMU)_{22}$", aspect="equal")
+    ax1.set_title("level sets of log(1+x) + log(1+y), c = 1")
+    ax1.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def plot_gaps(gaps, gap_eig):
+    """Histogram of R_c^var - R_c over random orthogonal bases, and the eigenbases' gap."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.hist(gaps, bins=30, color="tab:blue", alpha=0.8, label="random orthogonal $U$")
+    ax.axvline(gap_eig, color="tab:red", lw=2, label="eigenbases (gap 0)")
+    ax.set_xlabel(r"$R_c^{\mathrm{var}}(Z,\Pi\mid U) - R_c(Z\mid\Pi)$ (nats)")
+    ax.set_ylabel("number of bases")
+    ax.legend()
+    fig.tight_layout()
+    plt.show()
+
+
+def plot_value_against_p(Z0, U_true, eps, seed=0):
+    """One group's R_c^var with p = 1..d columns: top-p, bottom-p and random orthonormal bases."""
+    rng = np.random.default_rng(seed)
+    d = Z0.shape[0]
+    Pi0 = np.ones((Z0.shape[1], 1))
+    Rc0 = wb.compression_rate(Z0, Pi0, eps)
+    V0 = np.linalg.eigh(Z0 @ Z0.T)[1][:, ::-1]  # eigenvectors, largest eigenvalue first
+    ps = np.arange(1, d + 1)
+    top = [wb.variational_compression_rate(Z0, Pi0, V0[None, :, :q], eps) for q in ps]
+    bottom = [wb.variational_compression_rate(Z0, Pi0, V0[None, :, d - q :], eps) for q in ps]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for q in ps:
+        bases = [wb.data.random_orthonormal_bases(1, d, q, rng) for _ in range(20)]
+        vals = [wb.variational_compression_rate(Z0, Pi0, B, eps) for B in bases]
+        label = "random orthonormal $U_0$" if q == 1 else None
+        ax.plot(np.full(20, q), vals, ".", color="tab:gray", alpha=0.5, label=label)
+    ax.plot(ps, top, "o-", color="tab:blue", label="top-$p$ eigenvectors")
+    ax.plot(ps, bottom, "o-", color="tab:orange", label="bottom-$p$ eigenvectors")
+    true_val = wb.variational_compression_rate(Z0, Pi0, U_true[None], eps)
+    ax.plot([U_true.shape[1]], [true_val], "*", ms=14, color="tab:red", label="true basis")
+    ax.axhline(Rc0, ls="--", color="k", label="exact $R_c$")
+    ax.set(
+        xlabel="number of columns $p$ of $U_0$", ylabel=r"$R_c^{\mathrm{var}}$ of group 0 (nats)"
+    )
+    ax.set_title("For p < d the variational value sees only the projection")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
 # ---------------------------------------------------------------- chapter 3: gradient
 
 

@@ -10,6 +10,7 @@ import pytest
 import sympy as sp
 
 import whitebox as wb
+from whitebox.data import random_orthonormal_bases
 from whitebox.gradcheck import numerical_grad, rel_error
 
 EPS = 0.5
@@ -236,3 +237,83 @@ def test_ch3_small_tokens_make_the_edge_nearly_tight_and_doubled_bases_break_it(
     assert -1e-2 < _rel_change(Z, mix.Pi, mix.U, EPS, 2 * n / c) < 0
     assert _rel_change(Z, mix.Pi, mix.U, EPS, 1.5 * 2 * n / c) > 0
     assert _rel_change(Z, mix.Pi, 2 * mix.U, EPS, 2 * n / c) > 0
+
+
+# ---------------------------------------------------------------- chapter 2: variational form
+
+
+def test_ch2_statistics_are_the_diagonal_of_the_rotated_covariance_sympy():
+    Z = sp.Matrix(2, 3, sp.symbols("z_11:14 z_21:24", real=True))
+    U = sp.Matrix(2, 2, sp.symbols("u_11 u_12 u_21 u_22", real=True))
+    pis = sp.Matrix(sp.symbols("pi_1:4", positive=True))
+    nk = sum(pis)
+    M = Z * sp.diag(*pis) * Z.T / nk
+    diag = sp.Matrix([(U.T * M * U)[i, i] for i in range(2)])
+    y = (U.T * Z).applyfunc(lambda x: x**2) * pis / nk
+    assert sp.simplify(diag - y) == sp.zeros(2, 1)
+
+
+def test_ch2_the_matrix_of_the_proof_is_doubly_stochastic_and_the_bound_holds():
+    rng = np.random.default_rng(0)
+    mix = wb.data.subspace_mixture(n_per_group=40, d=8, p=2, K=3, noise=0.2, seed=0)
+    Z, Pi = mix.Z, wb.estimate_membership(mix.Z, mix.U, eta=0.1)
+    Rc = wb.compression_rate(Z, Pi, EPS)
+    U_eig = np.linalg.eigh(np.einsum("in,nk,jn->kij", Z, Pi, Z))[1]
+    assert wb.variational_compression_rate(Z, Pi, U_eig, EPS) == pytest.approx(Rc, abs=1e-10)
+    for _ in range(50):
+        U = random_orthonormal_bases(3, 8, 8, rng)
+        assert wb.variational_compression_rate(Z, Pi, U, EPS) > Rc
+        P = (U[0].T @ U_eig[0]) ** 2
+        np.testing.assert_allclose(P.sum(0), 1, atol=1e-12)
+        np.testing.assert_allclose(P.sum(1), 1, atol=1e-12)
+
+
+def test_ch2_scaling_the_basis_is_changing_the_precision():
+    rng = np.random.default_rng(1)
+    mix = wb.data.subspace_mixture(n_per_group=20, d=8, p=2, K=3, noise=0.2, seed=1)
+    U = random_orthonormal_bases(3, 8, 8, rng)
+    for a in [0.01, 0.5, 3.0, 100.0]:
+        lhs = wb.variational_compression_rate(mix.Z, mix.Pi, a * U, EPS)
+        rhs = wb.variational_compression_rate(mix.Z, mix.Pi, U, EPS / a)
+        assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def test_ch2_variational_form_bounds_the_rate_of_the_heads_features_with_biases():
+    rng = np.random.default_rng(0)
+    mix = wb.data.subspace_mixture(n_per_group=40, d=8, p=2, K=3, noise=0.2, seed=0)
+    Z, Pi = mix.Z, wb.estimate_membership(mix.Z, mix.U, eta=0.1)
+    (d, n), K, n_k = Z.shape, 3, Pi.sum(axis=0)
+    c = d / EPS**2
+    Z_aug = np.vstack([Z, np.ones(n)])
+    eps_aug = EPS * np.sqrt((d + 1) / d)
+    for _ in range(100):
+        p = int(rng.integers(1, 9))
+        W = rng.standard_normal((K, d, p)) * 10 ** rng.uniform(-1, 1)
+        U_aug = np.concatenate([W, rng.standard_normal((K, 1, p))], axis=1)
+        feats = np.einsum("kdp,dn->kpn", U_aug, Z_aug)
+        M = np.einsum("kpn,nk,kqn->kpq", feats, Pi, feats) / n_k[:, None, None]
+        rate = sum(n_k[k] / (2 * n) * np.linalg.slogdet(np.eye(p) + c * M[k])[1] for k in range(K))
+        assert wb.variational_compression_rate(Z_aug, Pi, U_aug, eps_aug) >= rate - 1e-12
+
+
+def test_ch2_p_below_d_bounds_the_projected_rate_and_can_fall_below_or_rise_above_rc():
+    mix = wb.data.subspace_mixture(n_per_group=64, d=16, p=2, K=4, noise=0.2, seed=0)
+    Z, U, labels, Pi = mix.Z, mix.U, mix.labels, mix.Pi
+    K, d, p = U.shape
+    groups = [Z[:, labels == k] for k in range(K)]
+    proj = sum(
+        G.shape[1] / Z.shape[1] * wb.coding_rate(U[k].T @ G, EPS * np.sqrt(p / d))
+        for k, G in enumerate(groups)
+    )
+    Rc, Rc_var = wb.compression_rate(Z, Pi, EPS), wb.variational_compression_rate(Z, Pi, U, EPS)
+    assert proj - 1e-12 <= Rc_var < Rc
+    U_rot = np.stack(
+        [U[k] @ np.linalg.eigh(U[k].T @ G @ G.T @ U[k])[1] for k, G in enumerate(groups)]
+    )
+    assert wb.variational_compression_rate(Z, Pi, U_rot, EPS) == pytest.approx(proj, abs=1e-10)
+    Z3 = np.zeros((3, 4))
+    Z3[0] = np.sqrt(2.0)
+    U3 = np.array([[[1, 1], [1, -1], [0, 0]]]) / np.sqrt(2)
+    Pi3 = np.ones((4, 1))
+    above = wb.variational_compression_rate(Z3, Pi3, U3, EPS)
+    assert above > wb.compression_rate(Z3, Pi3, EPS) + 0.5
