@@ -1,0 +1,353 @@
+"""Plotting and demo helpers for the chapters, kept out of the argument.
+
+The chapters import this module (their kernel runs in ``notebooks/``). Each chapter's helpers
+live in a section named after it. Nothing here is part of the library: the mathematics is in
+``whitebox``; these functions only build example data, draw figures and sliders.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import whitebox as wb
+
+# ---------------------------------------------------------------- chapter 1: coding rate
+
+
+def cloud_2d(sig1, sig2, n_tokens=300, seed=0):
+    """A 2-D cloud (2, n_tokens) whose empirical covariance is exactly diag(sig1^2, sig2^2)."""
+    G = np.random.default_rng(seed).standard_normal((2, n_tokens))
+    w, V = np.linalg.eigh(G @ G.T / n_tokens)
+    G = V @ np.diag(w**-0.5) @ V.T @ G  # whitened: G G^T / n = I
+    return np.diag([sig1, sig2]) @ G
+
+
+def plot_clouds(eps, sigmas=((1.0, 1.0), (3.0, 1.0), (3.0, 0.05))):
+    """Three 2-D clouds with their coding rates, and R against the stretch sigma_1.
+
+    Curves: the eigenvalue form sum_i 1/2 log(1 + d sigma_i^2 / eps^2); dots: wb.coding_rate.
+    """
+    fig = plt.figure(figsize=(13, 3.8))
+    for i, sig in enumerate(sigmas):
+        ax = fig.add_subplot(1, 4, i + 1)
+        Z2 = cloud_2d(*sig)
+        ax.scatter(Z2[0], Z2[1], s=4, alpha=0.5)
+        ax.add_patch(plt.Circle((0, 0), eps, fill=False, ls="--", color="k"))
+        ax.set(xlim=(-8, 8), ylim=(-8, 8), aspect="equal", xlabel="$z_1$", ylabel="$z_2$")
+        ax.set_title(rf"$\sigma=({sig[0]:g},\,{sig[1]:g})$: $R$ = {wb.coding_rate(Z2, eps):.2f}")
+    ax = fig.add_subplot(1, 4, 4)
+    grid = np.linspace(0.01, 4, 200)
+    pts = np.linspace(0.5, 4, 8)
+    for sig2 in [1.0, 0.3, 0.05]:
+        curve = 0.5 * (np.log1p(2 * grid**2 / eps**2) + np.log1p(2 * sig2**2 / eps**2))
+        line = ax.plot(grid, curve, label=rf"$\sigma_2$ = {sig2:g}")[0]
+        dots = [wb.coding_rate(cloud_2d(p, sig2), eps) for p in pts]
+        ax.plot(pts, dots, "o", color=line.get_color(), ms=4)
+    ax.set(xlabel=r"stretch $\sigma_1$", ylabel=r"coding rate $R$ (nats)")
+    ax.set_title("curves: eigenvalue form; dots: wb.coding_rate")
+    ax.legend()
+    fig.tight_layout()
+    plt.show()
+
+
+def two_lines(theta, sigma=1.0, n_per_group=100, seed=0):
+    """Two groups on lines through 0 at angle theta in R^3: Z (3, 2 n_per_group) and Pi.
+
+    Each group has variance exactly sigma^2 along its line.
+    """
+    g = np.random.default_rng(seed)
+    dirs = np.array([[1.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0]])
+    cols = []
+    for u in dirs:
+        rho = g.standard_normal(n_per_group)
+        rho *= sigma / np.sqrt(np.mean(rho**2))  # exact variance sigma^2 along the line
+        cols.append(np.outer(u, rho))
+    return np.hstack(cols), np.repeat(np.eye(2), n_per_group, axis=0)
+
+
+def _draw_lines(ax, theta, sigma):
+    Z, _ = two_lines(theta, sigma)
+    half = Z.shape[1] // 2
+    ax.scatter(Z[0, :half], Z[1, :half], s=5, label="group 1")
+    ax.scatter(Z[0, half:], Z[1, half:], s=5, label="group 2")
+    ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal", xlabel="$z_1$", ylabel="$z_2$")
+
+
+def plot_two_lines(dR_formula, eps, degrees=(0, 45, 90)):
+    """Two lines at three angles, and Delta R(theta): formula curves, wb.rate_reduction dots.
+
+    dR_formula(theta, a) is the closed form with a = d sigma^2 / (2 eps^2), d = 3.
+    """
+    fig, axes = plt.subplots(1, len(degrees) + 1, figsize=(14, 3.6))
+    for ax, deg in zip(axes, degrees):
+        _draw_lines(ax, np.deg2rad(deg), 1.0)
+        dR = wb.rate_reduction(*two_lines(np.deg2rad(deg)), eps)
+        ax.set_title(rf"$\theta$ = {deg}°: $\Delta R$ = {dR + 0.0:.2f}")
+    ax = axes[-1]
+    grid = np.linspace(0, np.pi, 200)
+    pts = np.deg2rad(np.arange(0, 181, 20))
+    for sigma in [0.5, 1.0, 2.0]:
+        a = 3 * sigma**2 / (2 * eps**2)
+        line = ax.plot(np.rad2deg(grid), dR_formula(grid, a), label=rf"$\sigma$ = {sigma:g}")[0]
+        dots = [wb.rate_reduction(*two_lines(t, sigma), eps) for t in pts]
+        ax.plot(np.rad2deg(pts), dots, "o", color=line.get_color(), ms=4)
+    ax.set(xlabel=r"angle $\theta$ (degrees)", ylabel=r"$\Delta R$ (nats)", xticks=[0, 90, 180])
+    ax.set_title("curves: SymPy; dots: wb.rate_reduction")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def two_lines_slider(dR_formula, eps):
+    """A slider for the angle theta and the spread sigma of the two lines, with Delta R."""
+    import ipywidgets
+
+    def show(theta_deg=45, sigma=1.0):
+        theta = np.deg2rad(theta_deg)
+        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.6))
+        _draw_lines(ax0, theta, sigma)
+        ax0.legend(loc="lower left", fontsize=8)
+        a = 3 * sigma**2 / (2 * eps**2)
+        grid = np.linspace(0, np.pi, 200)
+        ax1.plot(np.rad2deg(grid), dR_formula(grid, a))
+        dR = wb.rate_reduction(*two_lines(theta, sigma), eps)
+        ax1.plot([theta_deg], [dR], "o", color="tab:red", ms=8)
+        ax1.set(xlabel=r"$\theta$ (degrees)", ylabel=r"$\Delta R$ (nats)")
+        ax1.set_title(rf"$\Delta R$ = {dR + 0.0:.3f} nats (wb.rate_reduction)")
+        fig.tight_layout()
+        plt.show()
+
+    ipywidgets.interact(
+        show,
+        theta_deg=ipywidgets.IntSlider(value=45, min=0, max=180, step=5, description="θ (deg)"),
+        sigma=ipywidgets.FloatSlider(value=1.0, min=0.25, max=3.0, step=0.25, description="σ"),
+    )
+
+
+# ---------------------------------------------------------------- chapter 2: variational form
+
+
+def plot_rotation(M, cs=(1.0, 4.0)):
+    """Left: sum_i log(1 + c (U^T M U)_ii) over a half-turn of the rotation U(theta), for 2x2 M.
+
+    Right: the diagonal of U^T M U moving along a segment between the eigenvalues, over the
+    level sets of log(1 + x) + log(1 + y).
+    """
+    M = np.asarray(M, dtype=float)
+    lam, V = np.linalg.eigh(M)
+    lam = lam[::-1]
+    grid = np.linspace(0, np.pi, 400)
+    N11 = M[0, 0] * np.cos(grid) ** 2 + 2 * M[0, 1] * np.sin(grid) * np.cos(grid)
+    N11 += M[1, 1] * np.sin(grid) ** 2  # (U^T M U)_11 for U = [[cos, -sin], [sin, cos]]
+    N22 = np.trace(M) - N11  # the trace is invariant
+    eig_angle = np.arctan2(V[1, -1], V[0, -1]) % (np.pi / 2)  # where U's first column is v_max
+    fig, (ax, ax1) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for c in cs:
+        line = ax.plot(grid, np.log1p(c * N11) + np.log1p(c * N22), label=f"c = {c:g}")[0]
+        ax.axhline(np.log(np.linalg.det(np.eye(2) + c * M)), ls="--", color=line.get_color(), lw=1)
+    for t in [eig_angle, eig_angle + np.pi / 2]:
+        ax.axvline(t, color="gray", lw=0.8)
+    ax.set_xticks(np.arange(9) * np.pi / 8)
+    ax.set_xticklabels(["0", "π/8", "π/4", "3π/8", "π/2", "5π/8", "3π/4", "7π/8", "π"])
+    ax.set(xlabel=r"rotation angle $\theta$", ylabel=r"$\sum_i \log(1 + c\,(U^\top M U)_{ii})$")
+    ax.set_title("minimum = log det(I + cM) (dashed) at the eigenbasis (gray)")
+    ax.legend()
+    x = np.linspace(0, 4, 200)
+    X, Y = np.meshgrid(x, x)
+    cs_ = ax1.contour(X, Y, np.log1p(X) + np.log1p(Y), levels=12, cmap="viridis", linewidths=0.8)
+    ax1.clabel(cs_, fontsize=7)
+    ax1.plot(
+        [lam[0], lam[1]], [lam[1], lam[0]], color="tab:blue", lw=2, label="diagonal of $U^TMU$"
+    )
+    ax1.plot([lam[0], lam[1]], [lam[1], lam[0]], "o", color="tab:red", label="eigenvalues")
+    mid = np.trace(M) / 2
+    ax1.plot([mid], [mid], "s", color="tab:green", label="equal entries (most mixed)")
+    ax1.set(xlabel="$(U^TMU)_{11}$", ylabel="$(U^TMU)_{22}$", aspect="equal")
+    ax1.set_title("level sets of log(1+x) + log(1+y), c = 1")
+    ax1.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def plot_gaps(gaps, gap_eig):
+    """Histogram of R_c^var - R_c over random orthogonal bases, and the eigenbases' gap."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.hist(gaps, bins=30, color="tab:blue", alpha=0.8, label="random orthogonal $U$")
+    ax.axvline(gap_eig, color="tab:red", lw=2, label="eigenbases (gap 0)")
+    ax.set_xlabel(r"$R_c^{\mathrm{var}}(Z,\Pi\mid U) - R_c(Z\mid\Pi)$ (nats)")
+    ax.set_ylabel("number of bases")
+    ax.legend()
+    fig.tight_layout()
+    plt.show()
+
+
+def plot_value_against_p(Z0, U_true, eps, seed=0):
+    """One group's R_c^var with p = 1..d columns: top-p, bottom-p and random orthonormal bases."""
+    rng = np.random.default_rng(seed)
+    d = Z0.shape[0]
+    Pi0 = np.ones((Z0.shape[1], 1))
+    Rc0 = wb.compression_rate(Z0, Pi0, eps)
+    V0 = np.linalg.eigh(Z0 @ Z0.T)[1][:, ::-1]  # eigenvectors, largest eigenvalue first
+    ps = np.arange(1, d + 1)
+    top = [wb.variational_compression_rate(Z0, Pi0, V0[None, :, :q], eps) for q in ps]
+    bottom = [wb.variational_compression_rate(Z0, Pi0, V0[None, :, d - q :], eps) for q in ps]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for q in ps:
+        bases = [wb.data.random_orthonormal_bases(1, d, q, rng) for _ in range(20)]
+        vals = [wb.variational_compression_rate(Z0, Pi0, B, eps) for B in bases]
+        label = "random orthonormal $U_0$" if q == 1 else None
+        ax.plot(np.full(20, q), vals, ".", color="tab:gray", alpha=0.5, label=label)
+    ax.plot(ps, top, "o-", color="tab:blue", label="top-$p$ eigenvectors")
+    ax.plot(ps, bottom, "o-", color="tab:orange", label="bottom-$p$ eigenvectors")
+    true_val = wb.variational_compression_rate(Z0, Pi0, U_true[None], eps)
+    ax.plot([U_true.shape[1]], [true_val], "*", ms=14, color="tab:red", label="true basis")
+    ax.axhline(Rc0, ls="--", color="k", label="exact $R_c$")
+    ax.set(
+        xlabel="number of columns $p$ of $U_0$", ylabel=r"$R_c^{\mathrm{var}}$ of group 0 (nats)"
+    )
+    ax.set_title("For p < d the variational value sees only the projection")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+# ---------------------------------------------------------------- chapter 3: gradient
+
+
+def plot_one_step(Z, Z_next, factors, mix, eps, n_steps=8):
+    """Left: a 2-D group before and after one step. Right: R_c^var over repeated steps."""
+    traj = [mix.Z]
+    tau = mix.Z.shape[1] * eps**2 / mix.Z.shape[0]  # n / c
+    for _ in range(n_steps):
+        traj.append(wb.tssa_step(traj[-1], mix.Pi, mix.U, eps, tau))
+    values = [wb.variational_compression_rate(Zt, mix.Pi, mix.U, eps) for Zt in traj]
+    fig, (ax, ax1) = plt.subplots(1, 2, figsize=(13, 4.5), width_ratios=[1.4, 1])
+    ax.scatter(Z[0], Z[1], s=6, alpha=0.5, label="tokens $Z$")
+    ax.scatter(Z_next[0], Z_next[1], s=6, alpha=0.7, label=r"after one step")
+    sel = slice(0, Z.shape[1], 8)
+    dZ = Z_next - Z
+    ax.quiver(Z[0, sel], Z[1, sel], dZ[0, sel], dZ[1, sel], angles="xy", scale_units="xy",
+              scale=1, width=0.003, color="k")  # fmt: skip
+    ax.set(xlim=(-6, 6), ylim=(-1.2, 1.2))  # the two axes have different scales
+    ax.set_xlabel(f"$z_1$ (spread 2: factor {factors[0]:.2f})")
+    ax.set_ylabel(f"$z_2$ (spread 0.3: factor {factors[1]:.2f})")
+    ax.set_title(r"One step with $\tau = n\epsilon^2/d$: the thin direction shrinks")
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax1.plot(range(len(values)), values, "o-")
+    ax1.set(xlabel="number of steps", ylabel=r"$R_c^{\mathrm{var}}(Z, \Pi \mid U)$ (nats)")
+    ax1.set_title("Repeated steps on a 4-subspace mixture (true U, Π)")
+    fig.tight_layout()
+    plt.show()
+
+
+def descent_curves(Z, Pi, U, eps, m_max=3.0):
+    """R_c^var after one step of size tau = m 2n/c, and the majorizer's guarantee, both relative.
+
+    Returns (ms, actual, bound) with actual = (R(Z - tau grad) - R(Z)) / R(Z) and
+    bound = -tau (1 - tau c / 2n) ||grad||_F^2 / R(Z), which chapter 3 proves is >= actual.
+    """
+    ms = np.linspace(0, m_max, 61)
+    d, n = Z.shape
+    c = d / eps**2
+    R = wb.variational_compression_rate(Z, Pi, U, eps)
+    G2 = np.sum(wb.variational_compression_grad(Z, Pi, U, eps) ** 2)
+    taus = ms * 2 * n / c
+    actual = [
+        wb.variational_compression_rate(wb.tssa_step(Z, Pi, U, eps, t), Pi, U, eps) for t in taus
+    ]
+    bound = -taus * (1 - taus * c / (2 * n)) * G2 / R
+    return ms, (np.array(actual) - R) / R, bound
+
+
+def _descent_axes(ax, ms, actual, bound, title):
+    ax.axvspan(0, 1, color="tab:green", alpha=0.1, label=r"$0 \leq \tau \leq 2n/c$")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.plot(ms, bound, "--", color="tab:gray", label="guarantee (majorizer)")
+    ax.plot(ms, actual, color="tab:blue", label=r"actual change of $R_c^{\mathrm{var}}$")
+    low = 1.2 * min(np.min(actual), np.min(bound))
+    ax.set(
+        xlabel=r"step size $\tau$ in units of $2n/c$", ylabel="relative change", ylim=(low, -low)
+    )
+    ax.set_title(title)
+
+
+def plot_descent(cases, eps):
+    """One panel per case {title: (Z, Pi, U)}: actual change against the guarantee."""
+    fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 3.8))
+    for ax, (title, (Z, Pi, U)) in zip(np.atleast_1d(axes), cases.items()):
+        _descent_axes(ax, *descent_curves(Z, Pi, U, eps), title)
+    np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    plt.show()
+
+
+def tau_slider(Z, Pi, U, eps):
+    """A slider for tau: a 2-D group before and after the step, and where tau sits on the curve."""
+    import ipywidgets
+
+    ms, actual, bound = descent_curves(Z, Pi, U, eps)
+    d, n = Z.shape
+
+    def show(m=0.5):
+        Z_next = wb.tssa_step(Z, Pi, U, eps, m * 2 * n * eps**2 / d)
+        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+        ax0.scatter(Z[0], Z[1], s=5, alpha=0.4, label="tokens")
+        ax0.scatter(Z_next[0], Z_next[1], s=5, alpha=0.7, label="after the step")
+        ax0.set(xlim=(-6, 6), ylim=(-3, 3), xlabel="$z_1$", ylabel="$z_2$")
+        ax0.legend(fontsize=8, loc="lower right")
+        _descent_axes(ax1, ms, actual, bound, rf"$\tau$ = {m:.2f} $\times\, 2n/c$")
+        R0 = wb.variational_compression_rate(Z, Pi, U, eps)
+        R1 = wb.variational_compression_rate(Z_next, Pi, U, eps)
+        ax1.plot([m], [(R1 - R0) / R0], "o", color="tab:red", ms=8)
+        fig.tight_layout()
+        plt.show()
+
+    ipywidgets.interact(
+        show, m=ipywidgets.FloatSlider(value=0.5, min=0, max=3, step=0.05, description="τ / (2n/c)")
+    )
+
+
+# ---------------------------------------------------------------- chapter 4: step to attention
+
+
+def _gain_axes(ax):
+    y = np.logspace(-4, 2, 200)
+    ax.loglog(y, 1 / y, "k--", lw=1, label="1 / y (fine-code limit)")
+    ax.set(xlabel="statistic y", ylabel="gain c / (1 + c y)", ylim=(1e-2, 200))
+    ax.grid(True, which="both", alpha=0.3)
+    return y
+
+
+def plot_gain(cs=(0.1, 1.0, 16.0, 64.0)):
+    """The gain c / (1 + c y) against the statistic y, for several c (log-log)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    y = _gain_axes(ax)
+    for c in cs:
+        ax.loglog(y, c / (1 + c * y), label=f"c = {c:g}")
+    ax.set_title("the gain: flat at c for c y << 1, along 1/y for c y >> 1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def gain_slider():
+    """A slider for c = d / eps^2: the gain curve, its bend at y = 1/c, and the layer's c = 1."""
+    import ipywidgets
+
+    def show(log10_c=1.0):
+        c = 10.0**log10_c
+        fig, ax = plt.subplots(figsize=(6, 4))
+        y = _gain_axes(ax)
+        ax.loglog(y, 1 / (1 + y), color="tab:gray", lw=1, label="the layer (c dropped: c = 1)")
+        ax.loglog(y, c / (1 + c * y), color="tab:red", lw=2, label=f"c = {c:.3g}")
+        ax.axvline(1 / c, color="tab:red", ls=":", lw=1)
+        ax.set_title(f"bend at y = 1/c = eps^2/d = {1 / c:.3g}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plt.show()
+
+    ipywidgets.interact(
+        show,
+        log10_c=ipywidgets.FloatSlider(value=1.0, min=-2, max=3, step=0.25, description="log10 c"),
+    )
