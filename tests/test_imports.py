@@ -49,12 +49,13 @@ LAYERS = [
         "training, benchmarks, commands, exercise checkers",
         {"train", "bench", "predict", "sample", "demo", "analysis", "interop", "exercise_checks"},
     ),
+    ("the grader (runs the exercise checkers on learners' notebooks)", {"grade"}),
     ("the package", {""}),
 ]
 MATHEMATICS_AND_LAYERS = {"backend", "mcr2", "data", "kernels", "gradcheck", "module", "optim"}
 MATHEMATICS_AND_LAYERS |= {"nn", "complexity"}
 ABOVE = {"checkpoint", "models", "vision", "train", "bench", "predict", "sample", "demo"}
-ABOVE |= {"analysis", "interop", "exercise_checks"}
+ABOVE |= {"analysis", "interop", "exercise_checks", "grade"}
 
 
 # --------------------------------------------------------------------------------------------
