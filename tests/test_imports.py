@@ -49,8 +49,8 @@ LAYERS = [
         "training, benchmarks, commands, exercise checkers",
         {"train", "bench", "predict", "sample", "demo", "analysis", "interop", "exercise_checks"},
     ),
-    ("the grader (runs the exercise checkers on learners' notebooks)", {"grade"}),
-    ("the package", {""}),
+    # the grader loads the whole package before a learner's code runs (to restore it after)
+    ("the package, and the grader that loads all of it", {"", "grade"}),
 ]
 MATHEMATICS_AND_LAYERS = {"backend", "mcr2", "data", "kernels", "gradcheck", "module", "optim"}
 MATHEMATICS_AND_LAYERS |= {"nn", "complexity"}
