@@ -1,0 +1,102 @@
+"""Plotting and demo helpers for the chapters, kept out of the argument.
+
+The chapters import this module (their kernel runs in ``notebooks/``). Each chapter's helpers
+live in a section named after it. Nothing here is part of the library: the mathematics is in
+``whitebox``; these functions only build example data, draw figures and sliders.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import whitebox as wb
+
+# ================================================================ chapters 5, 6, 7 and 12
+# (kept in one block at the end of the file; other chapters' helpers sit above it)
+
+# ---------------------------------------------------------------- chapter 6: unrolled subspaces
+
+
+def ch6_recursion(y_start, steps, c):
+    """The hard-membership recursion y+ = y (c y / (1 + c y))^2, iterated: (steps + 1, ...)."""
+    out = [np.asarray(y_start, dtype=float)]
+    for _ in range(steps):
+        out.append(out[-1] * (c * out[-1] / (1 + c * out[-1])) ** 2)
+    return np.array(out)
+
+
+def ch6_unroll(Z, U, eps, eta, tau, steps, Pi_fixed=None, dtype=np.float64):
+    """Unrolled TSSA steps with the bases U; Pi re-estimated each step unless Pi_fixed is given.
+
+    Returns the tokens and the memberships of every step: lists of length steps + 1.
+    """
+    Z, U = Z.astype(dtype), U.astype(dtype)
+    Zs, Pis = [], []
+    for step in range(steps + 1):
+        Pi = wb.estimate_membership(Z, U, eta) if Pi_fixed is None else Pi_fixed.astype(dtype)
+        Zs.append(Z)
+        Pis.append(Pi)
+        if step < steps:
+            Z = wb.tssa_step(Z, Pi, U, eps, tau)
+    return Zs, Pis
+
+
+def ch6_plot_unrolled(history, y_obs, y_pred, agree):
+    """Left: the statistics, measured and by the recursion; right: the objective per step."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    steps_ax = np.arange(len(history))
+    for k in range(y_obs.shape[1]):
+        color = plt.cm.tab10(k)
+        axes[0].semilogy(steps_ax, y_obs[:, k].mean(1), "o", color=color, ms=4,
+                         label=f"group {k} measured")  # fmt: skip
+        axes[0].semilogy(steps_ax, y_pred[:, k].mean(1), "-", color=color, lw=1)
+    axes[0].set_ylim(1e-8, 1)
+    axes[0].axvline(agree + 0.5, color="gray", ls=":", lw=1)
+    axes[0].text(agree + 0.7, 2e-8, f"within 10 % up to step {agree}", fontsize=8, color="gray")
+    axes[0].set(xlabel="step", ylabel="mean statistic y_k (log scale)")
+    axes[0].set_title("statistics: measured (dots), recursion (lines)")
+    axes[0].legend(fontsize=8)
+    labels = {"Rc_var": "$R_c^{var}$", "Rc": "$R_c$", "R": "$R$", "DeltaR": r"$\Delta R = R - R_c$"}
+    for (key, label), style in zip(labels.items(), ["o-", "s-", "^-", "D-"]):
+        axes[1].plot(steps_ax, [h[key] for h in history], style, ms=4, label=label)
+    axes[1].set(xlabel="step", ylabel="nats", title="the objective per step")
+    axes[1].legend()
+    fig.tight_layout()
+    plt.show()
+
+
+def ch6_plot_memberships(Pis, labels, accuracy, shown):
+    """Pi^T at the steps `shown`, tokens sorted by their true group (one row per group)."""
+    order = np.argsort(labels, kind="stable")
+    K = Pis[0].shape[1]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(10, 4.4), sharex=True, layout="constrained")
+    for ax, step in zip(axes, shown):
+        im = ax.imshow(Pis[step][order].T, aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                       interpolation="nearest")  # fmt: skip
+        ax.set_yticks(range(K))
+        ax.set_ylabel("group k")
+        ax.set_title(f"$\\Pi^T$ at step {step} (membership accuracy {accuracy[step]:.3f})")
+        for b in np.cumsum(np.bincount(labels))[:-1]:
+            ax.axvline(b - 0.5, color="w", lw=0.8)
+    axes[-1].set_xlabel("tokens, sorted by true group")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="$\\Pi_{jk}$")
+    plt.show()
+
+
+def ch6_plot_lines(lines, Zs, shown):
+    """Three lines in R^3 (dashed) and their tokens at the steps `shown`."""
+    fig = plt.figure(figsize=(13, 4.4))
+    for i, step in enumerate(shown):
+        ax = fig.add_subplot(1, len(shown), i + 1, projection="3d")
+        for k in range(lines.U.shape[0]):
+            u = lines.U[k, :, 0] * 1.6
+            ax.plot(*np.stack([-u, u]).T, "--", color=plt.cm.tab10(k), lw=1)
+            ax.scatter(*Zs[step][:, lines.labels == k], color=plt.cm.tab10(k), s=8,
+                       depthshade=False, label=f"line {k}")  # fmt: skip
+        ax.set(xlim=(-1.2, 1.2), ylim=(-1.2, 1.2), zlim=(-1.2, 1.2), title=f"step {step}")
+        ax.view_init(elev=20, azim=35)
+        ax.set_box_aspect((1, 1, 1))
+    fig.axes[0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    plt.show()
