@@ -15,6 +15,72 @@ import whitebox as wb
 # ================================================================ chapters 5, 6, 7 and 12
 # (kept in one block at the end of the file; other chapters' helpers sit above it)
 
+# ---------------------------------------------------------------- chapter 5: linear cost
+
+
+def ch5_measure(ns, D=64, H=4, seed=0):
+    """Best-of-several forward time (s) and tracemalloc peak (MiB) of TSSA and softmax attention.
+
+    B = 1, float32, one BLAS thread. Returns (seconds, peak_mb), each name -> list over ns.
+    """
+    import time
+    import tracemalloc
+
+    from threadpoolctl import threadpool_limits
+
+    from whitebox import nn
+
+    tssa = nn.TSSA(D, H, dtype=np.float32, rng=np.random.default_rng(seed))
+    soft = nn.SoftmaxAttention(D, H, dtype=np.float32, rng=np.random.default_rng(seed + 1))
+    forward = {
+        "TSSA": lambda x: nn.tssa_forward(x, tssa.params),
+        "softmax attention": lambda x: nn.softmax_attention_forward(x, soft.params, H),
+    }
+    seconds = {name: [] for name in forward}
+    peak_mb = {name: [] for name in forward}
+    rng = np.random.default_rng(seed)
+    with threadpool_limits(limits=1):  # one BLAS thread: both layers on one core, less noise
+        for n in ns:
+            x = rng.standard_normal((1, n, D)).astype(np.float32)
+            for name, f in forward.items():
+                t0 = time.perf_counter()
+                f(x)  # warm-up, and a first estimate of the cost
+                repeats = int(np.clip(0.1 / (time.perf_counter() - t0), 3, 50))
+                best = np.inf
+                for _ in range(repeats):  # the best of several runs filters out other jobs
+                    t0 = time.perf_counter()
+                    f(x)
+                    best = min(best, time.perf_counter() - t0)
+                seconds[name].append(best)
+                tracemalloc.start()
+                f(x)
+                peak_mb[name].append(tracemalloc.get_traced_memory()[1] / 2**20)
+                tracemalloc.stop()
+    return seconds, peak_mb
+
+
+def ch5_plot_scaling(ns, seconds, peak_mb, fit, title):
+    """Log-log time and memory against n; returns the slopes fitted on ns[fit]."""
+    ns = np.asarray(ns)
+    exponents = {}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, data, label in [(axes[0], seconds, "forward time [s]"),
+                            (axes[1], peak_mb, "peak memory [MiB]")]:  # fmt: skip
+        for (name, vals), marker in zip(data.items(), "os"):
+            slope = np.polyfit(np.log(ns[fit]), np.log(np.array(vals)[fit]), 1)[0]
+            exponents[label.split(" [")[0], name] = slope
+            ax.loglog(ns, vals, marker + "-", label=f"{name} (slope {slope:.1f})")
+        ax.set_xticks(ns, [str(v) for v in ns], rotation=45)
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.set(xlabel="number of tokens n", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.show()
+    return exponents
+
+
 # ---------------------------------------------------------------- chapter 6: unrolled subspaces
 
 
