@@ -166,3 +166,47 @@ def ch6_plot_lines(lines, Zs, shown):
     fig.axes[0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     plt.show()
+
+
+# ---------------------------------------------------------------- chapter 7: manual backprop
+
+
+def ch7_random_params(D, H, rng, temp_range=(0.5, 2.0)):
+    """TSSA parameters with weights of order 1/sqrt(D), so that w and the statistics y are of
+    order 1 and every path of the backward pass carries weight (the module's 0.02-initialization
+    makes y tiny)."""
+    return {
+        "qkv.weight": rng.standard_normal((D, D)) / np.sqrt(D),
+        "qkv.bias": 0.1 * rng.standard_normal(D),
+        "temp": rng.uniform(*temp_range, size=(H, 1)),
+        "proj.weight": rng.standard_normal((D, D)) / np.sqrt(D),
+        "proj.bias": 0.1 * rng.standard_normal(D),
+    }
+
+
+def ch7_plot_jacobians(J_num, block_sizes, n_s, D_s, J_tokens):
+    """Left: |SymPy's Jacobian| per parameter block (log scale, zeros white); right: the norms
+    of the library's token blocks d out_j / d x_l."""
+    from matplotlib.colors import LogNorm
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.6), width_ratios=[1.6, 1])
+    ax = axes[0]
+    absJ = np.abs(J_num)
+    im = ax.imshow(np.where(absJ > 0, absJ, np.nan), cmap="viridis", aspect="auto",
+                   norm=LogNorm(vmin=1e-4, vmax=absJ.max()))  # fmt: skip
+    sizes = np.array(block_sizes)
+    for e in np.cumsum(sizes)[:-1]:
+        ax.axvline(e - 0.5, color="k", lw=1)
+    ax.set_xticks(np.cumsum(sizes) - sizes / 2 - 0.5,
+                  [r"$x$", r"$W_{qkv}$", r"$b_{qkv}$", "temp", r"$W_{out}$", r"$b_{out}$"])  # fmt: skip
+    ax.set_yticks(range(n_s * D_s), [f"out[{j},{d}]" for j in range(n_s) for d in range(D_s)])
+    ax.set_title(rf"SymPy: $|\partial\,\mathrm{{out}}/\partial\theta|$ ($n={n_s}$; white = 0)")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    ax = axes[1]
+    im = ax.imshow(J_tokens, cmap="viridis", norm=LogNorm())
+    ax.set(xlabel="input token $l$", ylabel="output token $j$")
+    n = J_tokens.shape[0]
+    ax.set_title(rf"library: $\|\partial\,\mathrm{{out}}_j/\partial x_l\|_F$ ($n={n}$)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    plt.show()
