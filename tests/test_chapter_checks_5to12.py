@@ -50,3 +50,36 @@ def test_ch6_one_hard_step_follows_the_recursion(seed, p):
     w0 = np.einsum("dp,dn->pn", one.U[0], one.Z)
     w1 = np.einsum("dp,dn->pn", one.U[0], Z1)
     assert np.all(w0 * w1 >= 0) and np.all(np.abs(w1) <= np.abs(w0) + 1e-12)
+
+
+# ---------------------------------------------------------------- chapter 7: manual backprop
+
+
+def _random_params(D, H, rng):
+    return {
+        "qkv.weight": rng.standard_normal((D, D)) / np.sqrt(D),
+        "qkv.bias": 0.1 * rng.standard_normal(D),
+        "temp": rng.uniform(0.5, 2.0, size=(H, 1)),
+        "proj.weight": rng.standard_normal((D, D)) / np.sqrt(D),
+        "proj.bias": 0.1 * rng.standard_normal(D),
+    }
+
+
+@pytest.mark.parametrize("n, D, H", [(3, 4, 2), (5, 6, 3)])
+def test_ch7_batched_backward_is_the_full_jacobian(n, D, H):
+    # chapter 7's picture: repeat the sequence n D times, send one unit cotangent to each copy;
+    # the dx of copy (j, d) is row (j, d) of d out / d x. Checked against central differences.
+    rng = np.random.default_rng(n)
+    params = _random_params(D, H, rng)
+    x = rng.standard_normal((1, n, D))
+    _, cache = wb.nn.tssa_forward(np.repeat(x, n * D, axis=0), params)
+    dx, _ = wb.nn.tssa_backward(np.eye(n * D).reshape(n * D, n, D), cache)
+    J = dx.reshape(n * D, n * D)  # (out entries, x entries)
+    h, J_fd = 1e-6, np.empty((n * D, n * D))
+    for k in range(n * D):
+        e = np.zeros(n * D)
+        e[k] = h
+        up = wb.nn.tssa_forward(x + e.reshape(1, n, D), params)[0].ravel()
+        down = wb.nn.tssa_forward(x - e.reshape(1, n, D), params)[0].ravel()
+        J_fd[:, k] = (up - down) / (2 * h)
+    np.testing.assert_allclose(J, J_fd, rtol=1e-5, atol=1e-8)
