@@ -12,6 +12,46 @@ import pytest
 import whitebox as wb
 from whitebox.demo import run_demo
 
+# ---------------------------------------------------------------- chapter 5: linear cost
+
+
+def _streamed_attention(q, k, v, block):
+    """Exact softmax attention over key blocks with a running max and sum (FlashAttention-style):
+    q, k, v (n, p); never more than an (n, block) slice of the scores. Returns (out, widest)."""
+    n, p = q.shape
+    m = np.full(n, -np.inf)  # running max of the scores of each query
+    s = np.zeros(n)  # running sum of exp(score - m)
+    acc = np.zeros((n, p))  # running sum of exp(score - m) v
+    widest = 0
+    for start in range(0, n, block):
+        scores = q @ k[start : start + block].T / np.sqrt(p)  # (n, <= block)
+        widest = max(widest, scores.shape[1])
+        m_new = np.maximum(m, scores.max(axis=1))
+        rescale = np.exp(m - m_new)
+        e = np.exp(scores - m_new[:, None])
+        s = s * rescale + e.sum(axis=1)
+        acc = acc * rescale[:, None] + e @ v[start : start + block]
+        m = m_new
+    return acc / s[:, None], widest
+
+
+@pytest.mark.parametrize("n, block", [(7, 1), (33, 4), (64, 64), (50, 16)])
+def test_ch5_streamed_softmax_attention_is_exact(n, block):
+    # chapter 5's memory note: exact softmax attention without the n x n matrix
+    rng = np.random.default_rng(n)
+    D, H = 12, 3
+    p = D // H
+    layer = wb.nn.SoftmaxAttention(D, H, dtype=np.float64, rng=rng)
+    x = 2.0 * rng.standard_normal((1, n, D))
+    out, _ = wb.nn.softmax_attention_forward(x, layer.params, H)
+    qkv = (x[0] @ layer.params["qkv.weight"] + layer.params["qkv.bias"]).reshape(n, 3, H, p)
+    heads = [_streamed_attention(*(qkv[:, i, h] for i in range(3)), block) for h in range(H)]
+    assert all(widest <= block for _, widest in heads)
+    merged = np.concatenate([o for o, _ in heads], axis=1)  # (n, D)
+    streamed = merged @ layer.params["proj.weight"] + layer.params["proj.bias"]
+    np.testing.assert_allclose(streamed, out[0], rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- chapter 6: unrolled subspaces
 
 
