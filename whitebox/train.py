@@ -706,8 +706,9 @@ def _check_memory(cfg: Config, model_config) -> None:
     from .models import _activations, expected_weights
 
     itemsize = np.dtype(cfg.dtype).itemsize
+    batch = cfg.batch_size if cfg.task != "digits" else min(cfg.batch_size, 2048)  # 1,347 images
     need = (4 * expected_weights(model_config)
-            + 3 * cfg.batch_size * _activations(model_config)) * itemsize  # fmt: skip
+            + 3 * batch * _activations(model_config)) * itemsize  # fmt: skip
     limit = _memory_limit()
     if need > limit:
         raise ValueError(
