@@ -271,8 +271,10 @@ def test_a_config_naming_a_text_file_is_said_and_checked(tmp_path, capsys):
     assert code == 2 and "not a file" in err
 
 
-@pytest.mark.parametrize("flags", [["--dim", "1000000000", "--heads", "1"],
-                                   ["--task", "text", "--batch-size", "1000000000"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--dim", "1000000000", "--heads", "1"], ["--task", "text", "--batch-size", "1000000000"]],
+)
 def test_sizes_beyond_memory_are_refused_before_allocating(tmp_path, capsys, flags):
     code, out, err = run_train([*flags, "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "GiB" in err and "Traceback" not in err

@@ -159,6 +159,14 @@ def _quiet_broken_pipe() -> int:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model = load(args.checkpoint, device=args.device)

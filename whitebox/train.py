@@ -22,6 +22,11 @@ default ``runs/TASK-ATTENTION``, or the checkpoint's folder with ``--resume``) r
 ``config.json`` (the configuration: ``--config config.json`` repeats the run), ``model.npz``
 (checkpoint, written atomically after every evaluation), ``metrics.jsonl`` and ``curves.png``.
 Same seed, same machine: same metrics.
+
+A trained model is never replaced silently: a new run into a folder that holds a
+``model.npz`` is refused (continue it with ``--resume``, choose another ``--out``, or pass
+``--overwrite``). Ctrl-C ends a run with status 130 and one line naming the last checkpoint;
+written files get the mode of the file they replace, or 0666 & ~umask when new.
 """
 
 from __future__ import annotations
@@ -666,10 +671,23 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
             return _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress,
                          stop_after, start_time, saved)  # fmt: skip
         except KeyboardInterrupt as e:
+            _settle_interrupted_save(saved, out / "model.npz")
             e.checkpoint, e.step = saved["checkpoint"], saved["step"]
             raise
     finally:
         _unlock(lock)
+
+
+def _settle_interrupted_save(saved, path: Path) -> None:
+    """After Ctrl-C during a save: the file on disk says whether that save finished."""
+    pending = saved.pop("pending", None)
+    if pending is None:
+        return
+    try:
+        if load_checkpoint(path)["meta"].get("step") == pending:
+            saved.update(checkpoint=str(path), step=pending)
+    except (CheckpointError, OSError):
+        pass
 
 
 def _refuse_replacing(path: Path, resume) -> None:
@@ -793,8 +811,9 @@ def _steps(cfg, task, model, opt, rng, xp, history, step, total, out, stop_after
             }
             if cfg.task == "text":
                 meta["text_sha256"] = task.text_sha256
+            saved["pending"] = step  # Ctrl-C may come after the file is in place, before...
             save_checkpoint(ckpt_path, model, opt, meta)
-            saved.update(checkpoint=str(ckpt_path), step=step)
+            saved.update(checkpoint=str(ckpt_path), step=step, pending=None)  # ...this line
             _write_metrics(out / "metrics.jsonl", history)
             evals += 1
             if stop_after is not None and evals >= stop_after and step < total:
@@ -1047,6 +1066,9 @@ def main(argv=None) -> int:
         print("error: not enough memory for this configuration; use a smaller --dim, --depth, "
               "--batch-size or --block-size", file=sys.stderr)  # fmt: skip
         return 2
+    except BrokenPipeError:  # stdout's reader went away (| head): end quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt as e:
         saved = getattr(e, "checkpoint", None)
         if saved:
@@ -1055,9 +1077,14 @@ def main(argv=None) -> int:
         else:
             print("interrupted before the first checkpoint: nothing was saved", file=sys.stderr)
         return 130
-    if "sample" in result:
-        print("sample:\n" + result["sample"])
-    print(json.dumps(result))
+    try:
+        if "sample" in result:
+            print("sample:\n" + result["sample"])
+        print(json.dumps(result))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 
