@@ -180,7 +180,7 @@ def check_config(cfg: Config) -> Config:
     if cfg.device not in ("cpu", "gpu"):
         raise ValueError(f"--device: expected 'cpu' or 'gpu', got {cfg.device!r}")
     for name in RANGES.keys() & Config.__dataclass_fields__.keys():
-        check_value(name, getattr(cfg, name))
+        setattr(cfg, name, check_value(name, getattr(cfg, name)))  # 64.0 from a JSON -> 64
     if cfg.dim % cfg.heads:
         raise ValueError(f"--dim ({cfg.dim}) must be divisible by --heads ({cfg.heads})")
     return cfg
