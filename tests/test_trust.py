@@ -262,6 +262,13 @@ def test_config_json_is_typed_and_flat(tmp_path, capsys, content, flag):
     assert not (tmp_path / "r" / "model.npz").exists()
 
 
+def test_config_numbers_that_are_integers_become_integers():
+    cfg = T.make_config(dim=32.0, steps=3.0, heads=4)
+    assert type(cfg.dim) is int and type(cfg.steps) is int and cfg.dim == 32
+    with pytest.raises(ValueError, match="--holdout: expected true or false"):
+        T.make_config(holdout="no")
+
+
 def test_a_config_naming_a_text_file_is_said_and_checked(tmp_path, capsys):
     cfg = _write(tmp_path / "c.json", json.dumps({"task": "text", "text_file": "/nonexistent"}))
     code, out, err = run_train(["--config", cfg, "--out", str(tmp_path / "r")], capsys)
