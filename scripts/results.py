@@ -115,8 +115,10 @@ def train_run(out: Path, task: str, attention: str, extra, reuse: bool, **flags)
     done = out / "result.json"
     if reuse and done.exists():
         return json.loads(done.read_text())
+    # a run not reused is retrained: it replaces its folder's model (--overwrite)
     cmd = [sys.executable, "-m", "whitebox.train", "--task", task, "--attention", attention,
-           "--out", str(out), "--no-progress", "--threads", "1", *extra]  # fmt: skip
+           "--out", str(out), "--no-progress", "--threads", "1", "--overwrite",
+           *extra]  # fmt: skip
     for key, value in flags.items():
         if value is True:
             cmd.append(f"--{key.replace('_', '-')}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -61,10 +62,31 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits a written ``path`` gets: those of the regular file it replaces
+    (a rewrite keeps what the user set, e.g. ``chmod 644``), else 0666 & ~umask, as ``open``
+    gives a new file."""
+    try:
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
 def atomic_write(path, write) -> Path:
     """Write ``path`` atomically: ``write(f)`` fills a binary file object that is a fresh
     temporary file created exclusively (never through a symlink) beside ``path``; it is then
-    flushed to disk and renamed over ``path``. Returns the path."""
+    flushed to disk and renamed over ``path``. Returns the path. The file gets the mode of
+    the file it replaces, or 0666 & ~umask when it is new (not mkstemp's 0600)."""
     path = Path(path)
     folder = path.parent
     _remove_stale_temporaries(folder, path.name)
@@ -73,6 +95,7 @@ def atomic_write(path, write) -> Path:
     except OSError as e:
         raise CheckpointWriteError(f"cannot write in {str(folder)!r}: {e.strerror}") from None
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600: give the file its proper mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -158,9 +158,12 @@ def load_text(path=None) -> str:
 
         return "".join(topics[k] for k in sorted(topics))
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--text-file: {str(path)!r} does not exist or is not a file")
-    raw = p.read_bytes()
+    try:
+        if not p.is_file():  # a regular file (or a link to one): not a folder, FIFO or device
+            raise ValueError(f"--text-file: {str(path)!r} does not exist or is not a file")
+        raw = p.read_bytes()
+    except OSError as e:  # e.g. no permission to read it
+        raise ValueError(f"--text-file: cannot read {str(path)!r} ({e.strerror or e})") from None
     if not raw.strip():
         raise ValueError(f"--text-file: {str(path)!r} is empty")
     if b"\x00" in raw:

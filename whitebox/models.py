@@ -9,6 +9,8 @@ of its constructor arguments plus ``"model"``, and :func:`build` rebuilds it fro
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .backend import get_array_module, to_numpy
@@ -333,8 +335,10 @@ class ToSTLanguageModel(Module):
         with ``rng`` (a ``np.random.Generator``) or ``np.random.default_rng(seed)``.
         ``temperature=0`` is greedy decoding: the argmax of the last logits (the first of
         equal maxima, as ``torch.argmax``), the public code's ``temperature == 0`` path; no
-        random numbers are drawn then."""
-        if temperature < 0:
+        random numbers are drawn then. Temperatures below :data:`MIN_TEMPERATURE` (too small
+        to divide by: 1e-310 turns the logits into infinities) are greedy too, and so is any
+        row whose scaled logits are not finite."""
+        if not temperature >= 0:
             raise ValueError(f"temperature: expected >= 0 (0: greedy), got {temperature}")
         rng = rng if rng is not None else np.random.default_rng(seed)
         idx = np.array(to_numpy(idx))
@@ -342,11 +346,13 @@ class ToSTLanguageModel(Module):
             raise ValueError(f"idx: expected shape (B, T), got {idx.shape}")
         for _ in range(max_new_tokens):
             logits = to_numpy(self.forward(idx[:, -self.block_size :])[:, -1, :])
-            if temperature == 0:
-                nxt = logits.argmax(axis=-1)  # (B,)
-                idx = np.concatenate([idx, nxt[:, None].astype(idx.dtype)], axis=1)
+            greedy = logits.argmax(axis=-1)  # (B,)
+            if temperature < MIN_TEMPERATURE:
+                idx = np.concatenate([idx, greedy[:, None].astype(idx.dtype)], axis=1)
                 continue
-            logits = logits.astype(np.float64) / temperature  # (B, V)
+            scaled = logits.astype(np.float64) / temperature  # (B, V)
+            finite = np.isfinite(scaled).all(axis=-1)  # (B,)
+            logits = np.where(finite[:, None], scaled, 0.0)
             if top_k is not None:
                 k = min(top_k, logits.shape[-1])
                 kth = np.sort(logits, axis=-1)[:, -k][:, None]
@@ -355,8 +361,15 @@ class ToSTLanguageModel(Module):
             cdf = np.cumsum(probs, axis=-1)
             u = rng.random((idx.shape[0], 1)) * cdf[:, -1:]
             nxt = np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)  # inverse CDF
+            nxt = np.where(finite, nxt, greedy)
             idx = np.concatenate([idx, nxt[:, None].astype(idx.dtype)], axis=1)
         return idx
+
+
+#: sampling temperatures below this are greedy decoding (argmax): dividing logits by a smaller
+#: (e.g. denormal) number overflows, and at 1e-6 a logit gap of 1e-4 already gives the runner-up
+#: a probability of e^-100
+MIN_TEMPERATURE = 1e-6
 
 
 MODELS = {
@@ -377,43 +390,183 @@ def build(config):
     return MODELS[kind](**config)
 
 
-def load(path, device="cpu"):
-    """The trained model stored in the checkpoint ``path`` (written by ``whitebox.train``),
-    ready to use: ``model = whitebox.models.load("runs/digits-tssa/model.npz")``. A digits
-    model takes raw 8 x 8 images in the dataset's 0..16 scale; a text model has
-    ``encode``/``decode`` over its stored vocabulary.
+#: floating-point settings of the model configs: (lowest, lowest allowed?, highest)
+FLOAT_RANGES = {
+    "layer_scale_init": (0.0, True, 100.0),  # LayerScale's init (public: 1.0 or 1e-5)
+    "eta": (0.0, True, 100.0),  # the same for ToST-CAB
+    "ln_eps": (0.0, False, 1.0),  # LayerNorm epsilon (public: 1e-5, 1e-6)
+    "dropout": (0.0, True, 1.0),  # a probability below 1
+}
+#: keys whose default is None: the types they take
+OPTIONAL_TYPES = {"input_norm": dict, "vocab": str}
+#: activations of one example a config may imply (elements), beyond what its weights bound
+MAX_ACTIVATIONS = 1 << 28
 
-    Raises ``CheckpointError`` (a ``ValueError``) for a missing, truncated, foreign or
-    inconsistent file."""
+
+def _block_size(D, H, attention="tssa", causal=False, T=None, r=4, bias=True):
+    """Parameters of one ``nn.Block`` (LayerNorms, attention, MLP, layer scales)."""
+    b = int(bool(bias))
+    n = 2 * (D + b * D) + 2 * D + (D * r * D + b * r * D) + (r * D * D + b * D)
+    if attention == "softmax":
+        return n + 3 * D * D + b * 3 * D + D * D + b * D
+    return n + 2 * D * D + 2 * b * D + H + (H * T if causal else 0)
+
+
+def expected_weights(config) -> int:
+    """The number of values (parameters and buffers) a model of ``config`` stores, computed
+    from the config alone (nothing is built): Python integers, so no size overflows."""
+    c, kind = config, config["model"]
+    if kind == "classifier":
+        D, K, p = c.get("dim", 32), c.get("num_classes", 10), c.get("patch_size", 2)
+        n_tok = (c.get("image_size", 8) // p) ** 2 + (c.get("pool", "mean") == "cls")
+        blk = _block_size(
+            D, c.get("num_heads", 4), c.get("attention", "tssa"), r=c.get("mlp_ratio", 4)
+        )
+        return (c.get("in_chans", 1) * p * p * D + D + c.get("depth", 2) * blk + 2 * D
+                + D * K + K + n_tok * D + D * (c.get("pool", "mean") == "cls"))  # fmt: skip
+    if kind == "token_classifier":
+        D, K = c.get("dim", 32), c["num_classes"]
+        blk = _block_size(
+            D, c.get("num_heads", 4), c.get("attention", "tssa"), r=c.get("mlp_ratio", 4)
+        )
+        return c["in_dim"] * D + D + c.get("depth", 2) * blk + 2 * D + D * K + K
+    if kind == "language_model":
+        D, V, T, b = c.get("n_embd", 32), c["vocab_size"], c["block_size"], c.get("bias", True)
+        blk = _block_size(D, c.get("n_head", 2), c.get("attention", "tssa"), True, T,
+                          c.get("mlp_ratio", 4), b)  # fmt: skip
+        return V * D + T * D + c.get("n_layer", 2) * blk + D + int(bool(b)) * D
+    # tost_cab
+    from .vision import FOURIER_DIM
+
+    D, K, r = c.get("dim", 192), c.get("num_classes", 1000), c.get("mlp_ratio", 4)
+    stages = {2: 1, 4: 2, 8: 3, 16: 4}.get(c.get("patch_size", 16), 1)
+    chans = [c.get("in_chans", 3)] + [D // 2 ** (stages - 1 - s) for s in range(stages)]
+    stem = sum(chans[s] * chans[s + 1] * 9 + 4 * chans[s + 1] + 1 for s in range(stages))
+    cab = 4 * D + (3 * D * D + 3 * D + D * D + D) + 2 * r * D * D + r * D + D + 2 * D
+    blk = _block_size(D, c.get("num_heads", 4), r=r)
+    return (stem + 2 * FOURIER_DIM * D + D + c.get("depth", 12) * blk
+            + c.get("cls_attn_layers", 2) * cab + 2 * D + D * K + K + D)  # fmt: skip
+
+
+def _activations(config) -> int:
+    """A rough count of the activations one example needs (elements), from the config."""
+    c, kind = config, config["model"]
+    if kind == "classifier":
+        S, D = c.get("image_size", 8), c.get("dim", 32)
+        return S * S * c.get("in_chans", 1) + (S // c.get("patch_size", 2)) ** 2 * D * 16
+    if kind == "tost_cab":
+        S, D = c.get("image_size", 224), c.get("dim", 192)
+        n_tok = (S // c.get("patch_size", 16)) ** 2
+        return S * S * (c.get("in_chans", 3) + D) + n_tok * D * c.get("depth", 12) * 16
+    if kind == "language_model":
+        T, D = c["block_size"], c.get("n_embd", 32)
+        return T * (D * c.get("n_layer", 2) * 16 + c["vocab_size"])
+    return 0  # token classifier: the tokens are the caller's
+
+
+def check_config(config, where="model_config", budget=None) -> None:
+    """A CheckpointError (a ValueError) naming the key unless ``config`` is a model config this
+    code can build safely: a known ``model``; every key a constructor argument of the type its
+    default has; ``dtype`` float32 or float64; every float finite and in :data:`FLOAT_RANGES`;
+    every size a positive integer. With ``budget`` (the number of stored values) the config
+    must imply exactly that many weights and a bounded amount of activations, checked before
+    anything is allocated."""
     import inspect
 
-    ckpt = load_checkpoint(path)
-    config = ckpt["meta"].get("model_config")
-    where = f"{str(path)!r}: model_config"
     if not isinstance(config, dict) or config.get("model") not in MODELS:
         raise CheckpointError(f"{where} names no known model (expected one of {sorted(MODELS)})")
-    cls = MODELS[config["model"]]
-    unknown = set(config) - {"model"} - set(inspect.signature(cls).parameters)
+    sig = inspect.signature(MODELS[config["model"]]).parameters
+    unknown = set(config) - {"model"} - set(sig)
     if unknown:
         raise CheckpointError(f"{where} has unknown keys {sorted(unknown)}")
+    for k, v in config.items():
+        if k == "model":
+            continue
+        default = sig[k].default
+        if default is None:
+            want = OPTIONAL_TYPES.get(k, object)
+            ok = v is None or isinstance(v, want)
+        elif default is inspect.Parameter.empty or type(default) is int:
+            want, ok = int, type(v) is int
+        elif type(default) is float:
+            want, ok = float, type(v) in (int, float)
+        else:
+            want, ok = type(default), type(v) is type(default)
+        if not ok:
+            raise CheckpointError(f"{where}[{k!r}]: expected {want.__name__}, got {v!r:.60}")
+        if type(v) is int and k != "seed" and v <= 0:
+            raise CheckpointError(f"{where}[{k!r}]: expected a positive integer, got {v}")
+        if k == "seed" and not 0 <= v < 2**64:
+            raise CheckpointError(f"{where}['seed']: expected an integer in [0, 2**64), got {v}")
+        if k in FLOAT_RANGES:
+            lo, lo_ok, hi = FLOAT_RANGES[k]
+            hi_ok = k != "dropout"
+            if not (
+                math.isfinite(v)
+                and (v >= lo if lo_ok else v > lo)
+                and (v <= hi if hi_ok else v < hi)
+            ):
+                raise CheckpointError(
+                    f"{where}[{k!r}]: expected a finite number {'>=' if lo_ok else '>'} {lo} "
+                    f"and {'<=' if hi_ok else '<'} {hi}, got {v}"
+                )
+    if config.get("dtype", "float32") not in ("float32", "float64"):
+        raise CheckpointError(
+            f"{where}['dtype']: expected 'float32' or 'float64', got {config['dtype']!r:.60}"
+        )
+    norm = config.get("input_norm")
+    if norm is not None and not all(type(x) in (int, float) for x in norm.values()):
+        raise CheckpointError(f"{where}['input_norm']: expected numbers, got {norm!r:.100}")
+    try:
+        check_input_norm(norm)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    if budget is None:
+        return
+    for k, v in config.items():  # sizes beyond the stored weights cannot be right
+        if type(v) is int and k != "seed" and v > max(budget, 1):
+            raise CheckpointError(f"{where}[{k!r}] = {v} does not fit {budget} stored weights")
+    need = expected_weights(config)
+    if need != budget:
+        raise CheckpointError(
+            f"{where} implies {need} weights, the file holds {budget}: weights do not fit the "
+            "stored config"
+        )
+    act = _activations(config)
+    if act > MAX_ACTIVATIONS:
+        raise CheckpointError(
+            f"{where} implies {act} activations per example (at most {MAX_ACTIVATIONS})"
+        )
+
+
+def load(path, device="cpu"):
+    """The trained model stored in the checkpoint ``path`` (written by ``whitebox.train``),
+    ready to use, in evaluation mode (dropout off, BatchNorm on its running statistics):
+    ``model = whitebox.models.load("runs/digits-tssa/model.npz")``. A digits
+    model takes raw 8 x 8 images in the dataset's 0..16 scale; a text model has
+    ``encode``/``decode`` over its stored vocabulary. Call ``model.train()`` to train it on.
+
+    Raises ``CheckpointError`` (a ``ValueError``) for a missing, truncated, foreign or
+    inconsistent file: the config is checked (:func:`check_config`) against the stored weights
+    before anything is built."""
+    ckpt = load_checkpoint(path)
+    where = f"{str(path)!r}: model_config"
     for name, w in ckpt["model"].items():
         if name.endswith("num_batches_tracked"):  # BatchNorm's step counter: a non-negative int
             if w.dtype.kind not in "iu" or w.shape != () or int(w) < 0:
                 raise CheckpointError(f"{str(path)!r}: buffer {name!r} is not a count")
         elif w.dtype.kind != "f" or not np.isfinite(w).all():
             raise CheckpointError(f"{str(path)!r}: weight {name!r} is not finite floating point")
-    # Sizes beyond the number of stored weights cannot be right: refuse before allocating.
+        elif name.endswith("running_var") and (w < 0).any():
+            raise CheckpointError(f"{str(path)!r}: buffer {name!r} holds a negative variance")
     budget = sum(int(v.size) for v in ckpt["model"].values())
-    for k, v in config.items():
-        if isinstance(v, bool) or not isinstance(v, int | float | str | dict | list | None):
-            raise CheckpointError(f"{where}[{k!r}] has an unexpected type")
-        if isinstance(v, int) and k != "seed" and not 0 < v <= max(budget, 1):
-            raise CheckpointError(f"{where}[{k!r}] = {v} does not fit {budget} stored weights")
+    check_config(ckpt["meta"].get("model_config"), where, budget)
     try:
-        model = build(config)
+        model = build(ckpt["meta"]["model_config"])
         model.load_state_dict(ckpt["model"])
     except (ValueError, TypeError, KeyError, MemoryError, OverflowError) as e:
         raise CheckpointError(
             f"{str(path)!r}: weights do not fit the stored config ({e})"
         ) from None
+    model.eval()  # a loaded model is used, not trained: no dropout, BatchNorm's running stats
     return model.to(device) if device != "cpu" else model

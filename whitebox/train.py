@@ -22,6 +22,11 @@ default ``runs/TASK-ATTENTION``, or the checkpoint's folder with ``--resume``) r
 ``config.json`` (the configuration: ``--config config.json`` repeats the run), ``model.npz``
 (checkpoint, written atomically after every evaluation), ``metrics.jsonl`` and ``curves.png``.
 Same seed, same machine: same metrics.
+
+A trained model is never replaced silently: a new run into a folder that holds a
+``model.npz`` is refused (continue it with ``--resume``, choose another ``--out``, or pass
+``--overwrite``). Ctrl-C ends a run with status 130 and one line naming the last checkpoint;
+written files get the mode of the file they replace, or 0666 & ~umask when new.
 """
 
 from __future__ import annotations
@@ -139,8 +144,34 @@ def check_value(name: str, value):
     return kind(value)
 
 
+def _type_name(kind) -> str:
+    return {str: "a string", bool: "true or false", int: "an integer", float: "a number"}[kind]
+
+
+def check_types(cfg: Config) -> None:
+    """Every setting of ``cfg`` of its declared type (a ValueError naming the flag otherwise):
+    ``holdout`` a bool (the string "no" is not false), paths strings, numbers numbers."""
+    for name, field in Config.__dataclass_fields__.items():
+        value = getattr(cfg, name)
+        kinds = field.type.replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        kind = {"str": str, "int": int, "float": float, "bool": bool}[kinds[0]]
+        ok = type(value) is kind or (kind is float and type(value) is int)
+        ok = ok or (kind is int and type(value) is float and float(value).is_integer())
+        if not ok:
+            what = _type_name(kind) + (" or null" if "None" in kinds else "")
+            raise ValueError(f"--{name.replace('_', '-')}: expected {what}, got {value!r:.60}")
+
+
 def check_config(cfg: Config) -> Config:
-    """Every setting of ``cfg`` in its range (a ValueError naming the flag otherwise)."""
+    """Every setting of ``cfg`` of its type and in its range (a ValueError naming the flag
+    otherwise)."""
+    check_types(cfg)
+    if cfg.out is not None and not cfg.out.strip():
+        raise ValueError(f"--out: expected a folder name, got {cfg.out!r}")
+    if cfg.text_file is not None and not cfg.text_file.strip():
+        raise ValueError(f"--text-file: expected a file name, got {cfg.text_file!r}")
     if cfg.task not in TASKS:
         raise ValueError(f"--task: expected one of {TASKS}, got {cfg.task!r}")
     if cfg.attention not in ("tssa", "softmax"):
@@ -150,7 +181,7 @@ def check_config(cfg: Config) -> Config:
     if cfg.device not in ("cpu", "gpu"):
         raise ValueError(f"--device: expected 'cpu' or 'gpu', got {cfg.device!r}")
     for name in RANGES.keys() & Config.__dataclass_fields__.keys():
-        check_value(name, getattr(cfg, name))
+        setattr(cfg, name, check_value(name, getattr(cfg, name)))  # 64.0 from a JSON -> 64
     if cfg.dim % cfg.heads:
         raise ValueError(f"--dim ({cfg.dim}) must be divisible by --heads ({cfg.heads})")
     return cfg
@@ -222,6 +253,32 @@ class DigitsTask:
         return {}
 
 
+def _text_splits(n: int, holdout: bool) -> tuple[int, int]:
+    """Lengths of (train, validation) of a text of n characters (see :class:`TextTask`)."""
+    split = int(0.9 * n)
+    if holdout:
+        cut = int((0.9 - HOLDOUT_SHARE * 0.5) * n)
+        return cut, split - cut
+    return split, n - split
+
+
+def min_text_length(block_size: int, holdout: bool = False) -> int:
+    """The shortest text a text run with this block size can use: its validation part holds
+    one window of block_size + 1 characters and its training part more (random windows)."""
+    T = block_size
+
+    def fits(n):
+        train, val = _text_splits(n, holdout)
+        return val >= T + 1 and train >= T + 2
+
+    n = max(1, 4 * (T + 1))
+    while not fits(n):  # the splits are within a few characters of 90/10 (80/10): few steps
+        n = max(n + 1, int(n * (T + 1) / max(_text_splits(n, holdout)[1], 1)) - 2)
+    while n > 1 and fits(n - 1):
+        n -= 1
+    return n
+
+
 class TextTask:
     """Character-level causal language modelling; evaluation every ``eval_every`` steps.
 
@@ -234,10 +291,12 @@ class TextTask:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         text = load_text(cfg.text_file)
-        if len(text) < 4 * (cfg.block_size + 1):
+        need = min_text_length(cfg.block_size, cfg.holdout)
+        if len(text) < need:
             raise ValueError(
-                f"--text-file: the text has {len(text)} characters; need at least "
-                f"{4 * (cfg.block_size + 1)} for block size {cfg.block_size}"
+                f"--text-file: the text has {len(text)} characters; need at least {need} for "
+                f"--block-size {cfg.block_size} (one window of {cfg.block_size + 1} characters "
+                "in the validation part, the last tenth, and more in the training part)"
             )
         self.codec = CharCodec(sorted(set(text)))
         self.text_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -416,7 +475,7 @@ def make_config(**overrides) -> Config:
 
 
 def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_after=None,
-          explicit=None, echo_config=None):  # fmt: skip
+          explicit=None, echo_config=None, overwrite=True):  # fmt: skip
     """Train according to ``cfg`` with ``cfg.threads`` BLAS threads (see :func:`_train`)."""
     from threadpoolctl import threadpool_limits
 
@@ -424,7 +483,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, stop_af
     # threads, and a multi-threaded BLAS stalls badly when another process holds a core
     # (measured: 13 ms per digits step on one thread, 105 ms on two beside one busy process).
     with threadpool_limits(limits=cfg.threads, user_api="blas"):
-        return _train(cfg, resume, progress, stop_after, explicit, echo_config)
+        return _train(cfg, resume, progress, stop_after, explicit, echo_config, overwrite)
 
 
 #: settings a resumed run may change: where and how it runs, not what it computes
@@ -458,7 +517,7 @@ def _stored_state(meta, resume) -> Config:
         assert (
             isinstance(meta.get("total_steps", step), int) and meta.get("total_steps", step) >= step
         )
-    except (TypeError, ValueError, KeyError, AssertionError, AttributeError) as e:
+    except (TypeError, ValueError, KeyError, AssertionError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"{where}: malformed training state in the metadata ({e})") from None
     return cfg
 
@@ -533,7 +592,7 @@ def _print_config(cfg: Config, out: Path) -> None:
 
 
 def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_after=None,
-           explicit=None, echo_config=None):  # fmt: skip
+           explicit=None, echo_config=None, overwrite=True):  # fmt: skip
     """Train according to ``cfg``; returns the result dict (also printed by ``main``).
 
     ``resume``: a checkpoint to continue from: its stored configuration wins, apart from
@@ -543,7 +602,10 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
     ``progress``: a progress bar on stderr; ``echo_config``: the configuration on stderr at
     the start (default: as ``progress``; the command line always does). ``stop_after``: stop after that
     many evaluations in this call (simulates an interruption; the checkpoint written then
-    resumes exactly)."""
+    resumes exactly). ``overwrite=False`` (the command line's default, ``--overwrite`` turns
+    it on) refuses an output folder that already holds another trained ``model.npz``.
+    A ``KeyboardInterrupt`` leaves with ``checkpoint`` and ``step`` attributes: the last
+    checkpoint written (None before the first)."""
     start_time = time.perf_counter()
     ckpt, longer = None, None
     check_config(cfg)
@@ -554,6 +616,7 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
     if cfg.model not in ("tost", "tost-cab") or (cfg.model == "tost-cab" and cfg.task != "digits"):
         raise ValueError(f"--model {cfg.model}: expected tost, or tost-cab with --task digits")
     task = TASK_CLASSES[cfg.task](cfg)
+    _check_memory(cfg, task.model_config())
     model = build(task.model_config())
     if cfg.device != "cpu":
         model.to(cfg.device)
@@ -568,6 +631,7 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
                 "--text-file: this is not the text the checkpoint was trained on (its SHA-256 "
                 "differs); resume with the same text"
             )
+        _check_optim_state(ckpt["optim"], meta["step"], resume)
         try:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optim"])
@@ -576,7 +640,9 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
         _set_rng_state(rng, meta["rng_state"])
         history, step = meta["history"], meta["step"]
         if hasattr(task, "perm"):
-            task.perm = None if meta.get("perm") is None else np.array(meta["perm"])
+            task.perm = _stored_perm(meta.get("perm"), len(task.Xtr), resume)
+        elif meta.get("perm") is not None:
+            raise CheckpointError(f"{str(resume)!r}: a shuffle order 'perm' for a {cfg.task} run")
         before = meta.get("total_steps", step)
         if longer and total <= step:
             raise ValueError(
@@ -594,23 +660,131 @@ def _train(cfg: Config, resume: str | None = None, progress: bool = True, stop_a
         raise ValueError(f"--out: cannot create {str(out)!r} ({e.strerror})") from None
     lock = _lock(out)
     try:
+        if not overwrite:
+            _refuse_replacing(out / "model.npz", resume)
         if progress if echo_config is None else echo_config:
             _print_config(cfg, out)
         atomic_write(
             out / "config.json", lambda f: f.write(json.dumps(asdict(cfg), indent=1).encode())
         )
-        return _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress,
-                     stop_after, start_time)  # fmt: skip
+        saved = {"checkpoint": str(resume) if resume is not None else None, "step": step}
+        try:
+            return _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress,
+                         stop_after, start_time, saved)  # fmt: skip
+        except KeyboardInterrupt as e:
+            _settle_interrupted_save(saved, out / "model.npz")
+            e.checkpoint, e.step = saved["checkpoint"], saved["step"]
+            raise
     finally:
         _unlock(lock)
 
 
+def _settle_interrupted_save(saved, path: Path) -> None:
+    """After Ctrl-C during a save: the file on disk says whether that save finished."""
+    pending = saved.pop("pending", None)
+    if pending is None:
+        return
+    try:
+        if load_checkpoint(path)["meta"].get("step") == pending:
+            saved.update(checkpoint=str(path), step=pending)
+    except (CheckpointError, OSError):
+        pass
+
+
+def _refuse_replacing(path: Path, resume) -> None:
+    """A ValueError when ``path`` holds a trained model (a regular file: a symlink there is
+    replaced, its target kept, as every output) and this run is not one resumed from a
+    checkpoint in that folder."""
+    if path.is_symlink() or not path.is_file():
+        return
+    if resume is not None:  # continuing a run in its own folder writes on its checkpoints
+        try:
+            if path.parent.samefile(Path(resume).parent):
+                return
+        except OSError:
+            pass
+    raise ValueError(
+        f"--out: {str(path.parent)!r} already holds a trained model ({path.name}); continue it "
+        f"with --resume {str(path)!r}, choose another --out, or pass --overwrite to replace it"
+    )
+
+
+def _memory_limit() -> int:
+    """The most memory (bytes) a run may ask for: the machine's physical memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 64 << 30
+
+
+def _check_memory(cfg: Config, model_config) -> None:
+    """A ValueError naming the sizes when the run would need more memory than the machine has
+    (so that ``--dim 1000000000`` is refused at once, not by the allocator): parameters,
+    gradients and AdamW's two moments, plus a batch of activations, estimated from the config
+    before anything is built."""
+    from .models import _activations, expected_weights
+
+    itemsize = np.dtype(cfg.dtype).itemsize
+    batch = cfg.batch_size if cfg.task != "digits" else min(cfg.batch_size, 2048)  # 1,347 images
+    need = (4 * expected_weights(model_config)
+            + 3 * batch * _activations(model_config)) * itemsize  # fmt: skip
+    limit = _memory_limit()
+    if need > limit:
+        raise ValueError(
+            f"--dim/--depth/--batch-size/--block-size: this configuration needs about "
+            f"{need / 2**30:.3g} GiB, more than this machine's {limit / 2**30:.3g} GiB"
+        )
+
+
+def _stored_perm(perm, n, resume):
+    """The stored shuffle order of the current epoch: None or a permutation of range(n)."""
+    if perm is None:
+        return None
+    arr = np.array(perm, dtype=np.int64)
+    if arr.shape != (n,) or not np.array_equal(np.sort(arr), np.arange(n)):
+        raise CheckpointError(
+            f"{str(resume)!r}: the stored shuffle order 'perm' is not a permutation of the "
+            f"{n} training images"
+        )
+    return arr
+
+
+def _check_optim_state(state, step, resume) -> None:
+    """The stored AdamW state is what training wrote: its step is the run's step (a crafted
+    -1e12 would overflow b1**t), its moments finite, the second one non-negative."""
+    where = repr(str(resume))
+    t = state.get("step")
+    if t is None or t.shape != () or t.dtype.kind not in "iu" or int(t) != step:
+        raise CheckpointError(
+            f"{where}: the optimizer's step {t if t is None else t.tolist()!r} is not the "
+            f"run's step {step}"
+        )
+    for k, v in state.items():
+        if k == "step":
+            continue
+        if v.dtype.kind != "f" or not np.isfinite(v).all():
+            raise CheckpointError(f"{where}: optimizer state {k!r} is not finite floating point")
+        if k.startswith("exp_avg_sq.") and (v < 0).any():
+            raise CheckpointError(f"{where}: optimizer state {k!r} is negative")
+
+
 def _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress, stop_after,
-          start_time):  # fmt: skip
+          start_time, saved=None):  # fmt: skip
+    """The training loop; ``saved`` (a dict) records the last checkpoint written and its step."""
     ckpt_path = out / "model.npz"
+    saved = {} if saved is None else saved
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=step, disable=not progress, file=sys.stderr, leave=False)
+    try:
+        return _steps(cfg, task, model, opt, rng, xp, history, step, total, out, stop_after,
+                      start_time, saved, ckpt_path, bar)  # fmt: skip
+    finally:
+        bar.close()
+
+
+def _steps(cfg, task, model, opt, rng, xp, history, step, total, out, stop_after, start_time,
+           saved, ckpt_path, bar):  # fmt: skip
     running, n_running, evals = 0.0, 0, 0
     while step < total:
         x, y = task.batch(step, rng)
@@ -638,7 +812,9 @@ def _loop(cfg, task, model, opt, rng, xp, history, step, total, out, progress, s
             }
             if cfg.task == "text":
                 meta["text_sha256"] = task.text_sha256
+            saved["pending"] = step  # Ctrl-C may come after the file is in place, before...
             save_checkpoint(ckpt_path, model, opt, meta)
+            saved.update(checkpoint=str(ckpt_path), step=step, pending=None)  # ...this line
             _write_metrics(out / "metrics.jsonl", history)
             evals += 1
             if stop_after is not None and evals >= stop_after and step < total:
@@ -801,6 +977,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "that run; flags given as well override it; its out is not used)")  # fmt: skip
     ap.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint (model.npz); "
                     "--steps/--epochs beyond the stored run train longer")  # fmt: skip
+    ap.add_argument("--overwrite", action="store_true",
+                    help="let a new run replace the trained model.npz already in --out (without "
+                    "it such a run is refused: continue it with --resume, or choose another "
+                    "--out)")  # fmt: skip
     ap.add_argument("--no-progress", action="store_true",
                     help="no progress bar on stderr")  # fmt: skip
     ap.add_argument(
@@ -812,12 +992,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-CLI_ONLY = ("resume", "no_progress", "stop_after", "config")
+CLI_ONLY = ("resume", "no_progress", "stop_after", "config", "overwrite")
 
 
 def _check_out(ap, out) -> None:
     if out is None:
         return
+    if not out.strip():
+        ap.error(f"argument --out: expected a folder name, got {out!r}")
     p = Path(out)
     if p.exists() and not p.is_dir():
         ap.error(f"argument --out: {out!r} exists and is not a folder")
@@ -828,14 +1010,35 @@ def _check_out(ap, out) -> None:
         ap.error(f"argument --out: {str(parent)!r} is not writable")
 
 
+#: the largest --config file read (a config.json is well under 1 kB)
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _read_config(ap, path) -> dict:
+    """The settings in the ``--config`` file (checked: a flat JSON object of known keys whose
+    values are numbers, strings, booleans or null; their types and ranges are checked with
+    the rest of the configuration)."""
+    p = Path(path)
     try:
-        values = json.loads(Path(path).read_text())
+        if not p.is_file():
+            ap.error(f"argument --config: {path!r} does not exist or is not a file")
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            ap.error(f"argument --config: {path!r} is larger than {MAX_CONFIG_BYTES} bytes; "
+                     "not a whitebox.train config.json")  # fmt: skip
+        values = json.loads(p.read_bytes().decode("utf-8"))
+    except RecursionError:
+        ap.error(f"argument --config: {path!r} is nested too deeply; expected a flat JSON object")
     except (OSError, ValueError) as e:
         ap.error(f"argument --config: cannot read {path!r} ({e})")
     known = set(Config.__dataclass_fields__)
     if not isinstance(values, dict) or set(values) - known:
-        ap.error(f"argument --config: {path!r} is not a whitebox.train config.json")
+        extra = sorted(set(values) - known)[:5] if isinstance(values, dict) else []
+        ap.error(f"argument --config: {path!r} is not a whitebox.train config.json"
+                 + (f" (unknown keys {extra})" if extra else ""))  # fmt: skip
+    for k, v in values.items():
+        if not isinstance(v, str | int | float | bool | None):
+            ap.error(f"argument --config: {path!r}: {k!r} is {type(v).__name__}; expected a "
+                     "number, string, true/false or null")  # fmt: skip
     values.pop("out", None)
     return values
 
@@ -846,6 +1049,9 @@ def main(argv=None) -> int:
     _check_out(ap, args.out)
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
     overrides = _read_config(ap, args.config) if args.config else {}
+    if overrides.get("text_file") is not None and "text_file" not in given:
+        print(f"note: --config names text_file {overrides['text_file']!r}: training on it as "
+              "if given with --text-file", file=sys.stderr)  # fmt: skip
     overrides.update(given)
     if overrides.get("task", "digits") == "digits" and "steps" in given and "epochs" not in given:
         overrides["epochs"] = None
@@ -853,14 +1059,34 @@ def main(argv=None) -> int:
         cfg = make_config(**overrides)
         result = train(
             cfg, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
-            explicit=set(given), echo_config=True,
+            explicit=set(given), echo_config=True, overwrite=args.overwrite,
         )  # fmt: skip
     except (ValueError, RuntimeError) as e:  # bad input, bad checkpoint, no GPU: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if "sample" in result:
-        print("sample:\n" + result["sample"])
-    print(json.dumps(result))
+    except MemoryError:
+        print("error: not enough memory for this configuration; use a smaller --dim, --depth, "
+              "--batch-size or --block-size", file=sys.stderr)  # fmt: skip
+        return 2
+    except BrokenPipeError:  # stdout's reader went away (| head): end quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt as e:
+        saved = getattr(e, "checkpoint", None)
+        if saved:
+            print(f"interrupted: the last checkpoint is {saved} (step {e.step}); continue with "
+                  f"--resume {saved}", file=sys.stderr)  # fmt: skip
+        else:
+            print("interrupted before the first checkpoint: nothing was saved", file=sys.stderr)
+        return 130
+    try:
+        if "sample" in result:
+            print("sample:\n" + result["sample"])
+        print(json.dumps(result))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 
