@@ -43,8 +43,10 @@ venv-notebooks: $(VENV)/.installed-notebooks
 venv-book: $(VENV)/.installed-book
 venv: $(STAMP)
 
+# TRAIN_ARGS passes flags on, e.g. make train TRAIN_ARGS=--overwrite (a second run into the same
+# folder is refused otherwise: a trained model is never replaced silently)
 train: venv-lib
-	$(BIN)/python -m whitebox.train
+	$(BIN)/python -m whitebox.train $(TRAIN_ARGS)
 
 demo: venv-lib
 	$(BIN)/python -m whitebox.demo
