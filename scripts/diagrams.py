@@ -132,7 +132,7 @@ def roadmap(outdir):
         "ch. 4  One step\n$Z - \\tau\\nabla R_c^{\\rm var}$, read\ntoken by token",
         "ch. 4  The TSSA layer\nlearned projections,\n$\\Pi$ by a softmax over heads",
         "ch. 9  The ToST block\nLN, TSSA, residual,\nLN, MLP, residual",
-        "ch. 9-12  Trained models\nimage classifier,\nlanguage model",
+        "ch. 9-13  Trained models\nimage classifier,\nlanguage model",
     ]
     fills = [LAYER, LAYER, MODEL, MODEL]
     for x, t, fc in zip(xs, row2, fills, strict=True):
@@ -143,28 +143,29 @@ def roadmap(outdir):
     ymid = (y1 - h / 2 + y2 + h / 2) / 2
     path(ax, [(xs[3], y1 - h / 2), (xs[3], ymid), (xs[0], ymid), (xs[0], y2 + h / 2)])
     # row 3: what the course does with the layer, and with the models
-    y3, ws, hs = 0.9, 1.22, 0.95
+    y3, ws, hs = 0.9, 1.08, 0.95
     study = [
-        (0.81, "ch. 5\nlinear cost\nin $n$"),
-        (2.14, "ch. 6\nunrolled\nsteps"),
-        (3.47, "ch. 7\nmanual\nbackprop"),
-        (4.80, "ch. 8\ncausal TSSA\nprefix sums"),
+        (0.76, "ch. 5\nlinear cost\nin $n$"),
+        (1.95, "ch. 6\nunrolled\nsteps"),
+        (3.14, "ch. 7\nmanual\nbackprop"),
+        (4.33, "ch. 8\ncausal TSSA\nprefix sums"),
     ]
     models = [
-        (6.32, "ch. 9\ndigits: ToST\nvs. softmax"),
-        (7.65, "ch. 10\nlayer by layer,\ninside"),
-        (8.98, "ch. 11\ncharacter\nlanguage model"),
-        (10.31, "ch. 12\ntraining\non a GPU"),
+        (5.67, "ch. 9\ndigits: ToST\nvs. softmax"),
+        (6.86, "ch. 10\nlayer by\nlayer, inside"),
+        (8.05, "ch. 11\ncharacter\nlanguage\nmodel"),
+        (9.24, "ch. 12\ntraining\non a GPU"),
+        (10.43, "ch. 13\nlong\nsequences"),
     ]
-    label(ax, 2.805, 0.2, "the layer, studied", fontsize=10, style="italic", ha="center")
+    label(ax, 2.545, 0.2, "the layer, studied", fontsize=10, style="italic", ha="center")
     label(
-        ax, 8.315, 0.2, "the models, trained and opened", fontsize=10, style="italic", ha="center"
+        ax, 8.05, 0.2, "the models, trained and opened", fontsize=10, style="italic", ha="center"
     )
     for x, t in study:
-        box(ax, x, y3, ws, hs, t, STUDY, fontsize=10)
+        box(ax, x, y3, ws, hs, t, STUDY, fontsize=9.5)
         path(ax, [(xs[1], y2 - h / 2), (xs[1], 1.95), (x, 1.95), (x, y3 + hs / 2)], ls=":")
     for x, t in models:
-        box(ax, x, y3, ws, hs, t, STUDY, fontsize=10)
+        box(ax, x, y3, ws, hs, t, STUDY, fontsize=9.5)
         path(ax, [(xs[3], y2 - h / 2), (xs[3], 1.95), (x, 1.95), (x, y3 + hs / 2)], ls=":")
     save(fig, outdir, "roadmap.png")
 
