@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402  (CONFIGS, train_run, machine, write: the runs of make results)
+from whitebox.mechanism import K_GRID  # noqa: E402
 
 ROOT = results.ROOT
 OUT = ROOT / "results" / "text-mechanism.json"
@@ -52,8 +53,7 @@ KL_POSITIONS = (8, 32, 63)  # (c)
 KL_LAGS = (1, 2, 3, 5)
 SYNTHETIC = dict(length=200_000, num_symbols=16, lag=2, p_copy=0.9, seed=0, perm_seed=0)
 SYNTHETIC_STEPS = 1000
-NGRAM_ORDERS = (1, 2, 3, 4)
-K_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+NGRAM_ORDERS = (2, 3, 4)  # text; on the synthetic task 3 and 4 (its bigram is flat in k)
 #: the settings a reused run of make results must have (besides the chosen lr and weight decay)
 SAME = ("task", "attention", "model", "depth", "dim", "heads", "steps", "batch_size", "warmup",
         "block_size", "clip", "label_smoothing", "dtype", "holdout", "text_file")  # fmt: skip
@@ -152,25 +152,6 @@ def measure_synthetic(run: Path, ids) -> dict:
     }
 
 
-def ngrams(ids, vocab_size) -> dict:
-    """Add-one and add-k (k chosen on 80-90%) n-gram losses on the last 10%."""
-    from whitebox import mechanism as mech
-
-    n_all = len(ids)
-    cut, split = int(0.8 * n_all), int(0.9 * n_all)
-    top = max(NGRAM_ORDERS)
-    out = {}
-    for n in NGRAM_ORDERS:
-        pick = mech.choose_add_k(ids[:cut], ids[cut + top - n : split], n, vocab_size, K_GRID)
-        test = ids[split + top - n :]
-        out[f"{n}-gram"] = {
-            "add_one": round(mech.ngram_loss(ids[:split], test, n, 1.0, vocab_size), 4),
-            "add_k": round(mech.ngram_loss(ids[:split], test, n, pick["k"], vocab_size), 4),
-            **pick,
-        }
-    return out
-
-
 def summary(values) -> dict:
     values = [float(v) for v in values]
     return {
@@ -200,7 +181,7 @@ def main(argv=None) -> int:
                     metavar="SEED", help="seeds of both experiments (default: 0 1 2 3 4)")  # fmt: skip
     args = ap.parse_args(argv)
     try:
-        os.nice(10)
+        os.nice(max(0, 10 - os.nice(0)))  # niced to 10 (not further, when started niced)
     except OSError:
         pass
     start = time.time()
@@ -231,7 +212,7 @@ def main(argv=None) -> int:
         for name in MODELS
         for s in seeds
     ]
-    jobs.sort(key=lambda j: (j[4] is not None, j[1]))  # text first, seed by seed
+    jobs.sort(key=lambda j: (j[1], j[4] is not None))  # seed by seed: text, then synthetic
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
         futures = {(j[0], j[1], j[4]): pool.submit(train, *j) for j in jobs}
         runs = {key: f.result() for key, f in futures.items()}
@@ -284,8 +265,8 @@ def main(argv=None) -> int:
             syn.append({"seed": s, **m})
             print(f"  {tag} seed {s}: loss {m['loss']} (from lag: {m['loss_from_lag']})")
         data[tag] = {"per_seed": syn, "summary": summarize(syn)}
-    data["ngram_text"] = ngrams(text_ids, len(codec.chars))
-    data["ngram_synthetic"] = ngrams(lag_ids, SYNTHETIC["num_symbols"])
+    data["ngram_text"] = mech.ngram_references(text_ids, NGRAM_ORDERS, K_GRID)
+    data["ngram_synthetic"] = mech.ngram_references(lag_ids, (3, 4), K_GRID)
     data["machine"] = results.machine()
     data["seconds"] = {"train": round(trained), "total": round(time.time() - start)}
     results.write(OUT, data)

@@ -40,6 +40,7 @@ __all__ = [
     "lag_task_permutation",
     "loss_by_position",
     "ngram_loss",
+    "ngram_references",
     "prefix_weights",
     "random_replacements",
     "windows",
@@ -171,6 +172,32 @@ def choose_add_k(train, val, n, vocab_size, grid=(0.003, 0.01, 0.03, 0.1, 0.3, 1
     if best in (0, len(grid) - 1):
         raise ValueError(f"grid: the best k for n = {n} is {grid[best]}, on the grid's edge")
     return {"k": grid[best], "grid": list(grid), "val_losses": [round(v, 4) for v in losses]}
+
+
+K_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+"""The grid of add-k constants :func:`ngram_references` chooses from."""
+
+
+def ngram_references(ids, orders=(2, 3, 4), grid=K_GRID) -> dict:
+    """n-gram references on a text split as ``whitebox.train.TextTask`` splits it: for each
+    order n, the add-one loss and the add-k loss on the last 10% (counts from the first 90%),
+    with k chosen by :func:`choose_add_k` on the 80-90% stretch (counts from the first 80%).
+    Every order is scored on the same tokens (from the ``max(orders) - 1``-th of each stretch).
+    Returns {'n-gram': {'add_one', 'add_k', 'k', 'grid', 'val_losses'}}."""
+    ids = _ids("ids", ids)
+    vocab_size = int(ids.max()) + 1
+    cut, split = int(0.8 * len(ids)), int(0.9 * len(ids))
+    top = max(orders)
+    out = {}
+    for n in orders:
+        pick = choose_add_k(ids[:cut], ids[cut + top - n : split], n, vocab_size, grid)
+        test = ids[split + top - n :]
+        out[f"{n}-gram"] = {
+            "add_one": round(ngram_loss(ids[:split], test, n, 1.0, vocab_size), 4),
+            "add_k": round(ngram_loss(ids[:split], test, n, pick["k"], vocab_size), 4),
+            **pick,
+        }
+    return out
 
 
 # ---- measurements on a trained language model ----------------------------------------------
