@@ -247,3 +247,50 @@ def test_windows():
     assert (y == x + 1).all() and x[0, 0] == 0 and y[-1, -1] == 99
     with pytest.raises(ValueError, match="data"):
         mech.windows(np.arange(5), 8, 1)
+
+
+def test_ngram_references_split_and_choice():
+    ids = np.array([mech.LAG_ALPHABET.index(c) for c in mech.lag_task(200_000, seed=2)])
+    ref = mech.ngram_references(ids, orders=(3, 4))
+    cut, split = 160_000, 180_000
+    for n in (3, 4):
+        r = ref[f"{n}-gram"]
+        assert r["grid"][0] < r["k"] < r["grid"][-1]
+        test = ids[split + 4 - n :]
+        assert r["add_k"] == round(mech.ngram_loss(ids[:split], test, n, r["k"], 16), 4)
+        assert r["add_one"] == round(brute_ngram(ids[:split].tolist(), test.tolist(), n, 1, 16), 4)
+        val = ids[cut + 4 - n : split]
+        assert r["val_losses"][r["grid"].index(r["k"])] == round(
+            mech.ngram_loss(ids[:cut], val, n, r["k"], 16), 4
+        )
+    # the trigram sees the symbol two back: it sits near the floor, the 4-gram above it
+    assert ref["3-gram"]["add_k"] == pytest.approx(mech.lag_task_floor(), abs=0.02)
+    assert ref["4-gram"]["add_k"] > ref["3-gram"]["add_k"]
+
+
+def test_script_summaries(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "mechanism.py"
+    spec = importlib.util.spec_from_file_location("mechanism_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    s = script.summarize(
+        [{"a": 1.0, "b": {"c": 2.0}, "n": "x"}, {"a": 3.0, "b": {"c": 4.0}, "n": "y"}]
+    )
+    assert s["a"]["mean"] == 2.0 and s["a"]["std"] == pytest.approx(math.sqrt(2), abs=1e-4)
+    assert s["b"]["c"]["min"] == 2.0 and s["b"]["c"]["max"] == 4.0 and "n" not in s
+    # a run folder is kept only when finished with the same flags
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not script._matches(run, {"lr": 0.01}, None)
+    (run / "config.json").write_text('{"lr": 0.01, "seed": 0}')
+    assert not script._matches(run, {"lr": 0.01}, None)  # not finished
+    (run / "result.json").write_text("{}")
+    (run / "model.npz").write_bytes(b"")
+    assert script._matches(run, {"lr": 0.01, "seed": 0}, None)
+    assert not script._matches(run, {"lr": 0.02, "seed": 0}, None)
+    with pytest.raises(SystemExit) as e:
+        script.main(["--seeds", "x"])
+    assert e.value.code == 2
