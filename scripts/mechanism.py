@@ -141,13 +141,25 @@ def measure_synthetic(run: Path, ids) -> dict:
     val = ids[int(0.9 * len(ids)) :]
     x, y = mech.windows(val, T, WINDOWS)
     losses = mech.loss_by_position(model, x, y)
+    weights = mech.prefix_weights(model, x, lag=1)  # (L, T)
     lag = SYNTHETIC["lag"]
     return {
+        "weight_prev": {
+            f"block{l + 1}": {f"t{t}": round(float(weights[l, t]), 4) for t in POSITIONS}
+            for l in range(weights.shape[0])
+        },
+        "loss_by_bucket": {
+            f"{lo}-{hi}": round(v, 4)
+            for (lo, hi), v in zip(BUCKETS, mech.bucket_means(losses, BUCKETS))
+        },
         "loss": round(float(losses.mean()), 4),
         "loss_from_lag": round(float(losses[lag - 1 :].mean()), 4),  # positions that see t+1-lag
         "loss_by_position": [round(float(v), 4) for v in losses],
         "val_loss_nats_per_char": json.loads((run / "result.json").read_text())[
             "val_loss_nats_per_char"
+        ],
+        "val_loss_history": [
+            round(json.loads(line)["val_loss"], 4) for line in (run / "metrics.jsonl").open()
         ],
     }
 
