@@ -18,8 +18,15 @@ position; (b) the loss by position; (c) the KL change of the next-character dist
 the character at t-k is replaced; (d) the synthetic task's loss against its entropy floor; and
 (e) add-k n-gram references (k chosen on the 80-90% stretch from a grid, inside the grid).
 
-    python scripts/mechanism.py                  # everything (about 25 minutes alone on 2 cores)
+    python scripts/mechanism.py                  # everything
     python scripts/mechanism.py --seeds 0 1 2    # fewer seeds
+    python scripts/mechanism.py --out runs/x.json
+
+Time: per seed, two text runs side by side (about 80 s on 2 idle cores, as in make results) and
+two synthetic runs (about 55 s), then about 20 s of measurements: some 13 minutes for seeds
+0-4 on an idle 2-core machine, nothing to train when make results has run. On the shared
+2-core machine where it was written (load 9-11), each seed took about 15 minutes. The JSON
+records the seconds it took (``seconds``) and every run's own (``runs/.../result.json``).
 """
 
 from __future__ import annotations
