@@ -24,7 +24,7 @@ the character at t-k is replaced; (d) the synthetic task's loss against its entr
 
 Time: per seed, two text runs side by side (about 80 s on 2 idle cores, as in make results) and
 two synthetic runs (about 55 s), then about 20 s of measurements: some 13 minutes for seeds
-0-4 on an idle 2-core machine, nothing to train when make results has run. On the shared
+0-4 on an idle 2-core machine (about 6 when make results has left its text runs). On the shared
 2-core machine where it was written (load 9-11), each seed took about 15 minutes. The JSON
 records the seconds it took (``seconds``) and every run's own (``runs/.../result.json``).
 """
