@@ -47,7 +47,8 @@ LAYERS = [
     ("models", {"vision", "models"}),
     (
         "training, benchmarks, commands, exercise checkers",
-        {"train", "bench", "predict", "sample", "demo", "analysis", "interop", "exercise_checks"},
+        {"train", "bench", "predict", "sample", "demo", "analysis", "mechanism", "interop"}
+        | {"exercise_checks"},
     ),
     # the grader loads the whole package before a learner's code runs (to restore it after)
     ("the package, and the grader that loads all of it", {"", "grade"}),
@@ -55,7 +56,7 @@ LAYERS = [
 MATHEMATICS_AND_LAYERS = {"backend", "mcr2", "data", "kernels", "gradcheck", "module", "optim"}
 MATHEMATICS_AND_LAYERS |= {"nn", "complexity"}
 ABOVE = {"checkpoint", "models", "vision", "train", "bench", "predict", "sample", "demo"}
-ABOVE |= {"analysis", "interop", "exercise_checks", "grade"}
+ABOVE |= {"analysis", "mechanism", "interop", "exercise_checks", "grade"}
 
 
 # --------------------------------------------------------------------------------------------
