@@ -112,6 +112,7 @@ grade:
 # Regenerate the results table in README.md (trains every configuration; takes a while).
 results: venv
 	$(BIN)/python scripts/results.py
+	$(BIN)/python scripts/mechanism.py
 
 bench: venv
 	$(BIN)/python -m whitebox.bench
