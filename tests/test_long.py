@@ -200,3 +200,53 @@ def test_majority_and_recall_refuse_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=name):
             call()
+
+
+# ---- the sequence classifier: gradients against finite differences ------------------------------
+
+
+@pytest.mark.parametrize("attention", ["tssa", "softmax"])
+@pytest.mark.parametrize("pool", ["mean", "last"])
+def test_sequence_classifier_gradients(attention, pool):
+    """Every parameter's gradient, float64, random upstream gradient, against central
+    differences along random directions (and element-wise on the head's bias)."""
+    from whitebox.gradcheck import check_directional, numerical_grad, rel_error
+    from whitebox.sequence import SequenceClassifier
+
+    model = SequenceClassifier(
+        vocab_size=11, num_classes=3, max_len=16, dim=8, depth=2, num_heads=2,
+        attention=attention, pool=pool, dtype="float64", seed=1,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for p in model.parameters().values():  # move off the initial point (gains 1, biases 0)
+        p += 0.3 * rng.standard_normal(p.shape)
+    idx = rng.integers(11, size=(3, 9))
+    up = rng.standard_normal((3, 3))
+
+    def f():
+        return float((model.forward(idx) * up).sum())
+
+    f()
+    model.backward(up)
+    grads = {k: v.copy() for k, v in model.gradients().items()}
+    params = model.parameters()
+    assert any(np.abs(g).max() > 0 for k, g in grads.items() if k.startswith("embed"))
+    for k, p in params.items():
+        err = check_directional(f, p, grads[k], seed=len(k))
+        assert err < 1e-6, (k, err)
+    num = numerical_grad(f, params["head.bias"])
+    assert rel_error(num, grads["head.bias"]) < 1e-6
+
+
+def test_sequence_classifier_refuses_bad_arguments():
+    from whitebox.sequence import SequenceClassifier
+
+    with pytest.raises(ValueError, match="pool"):
+        SequenceClassifier(10, 2, 8, pool="max")
+    with pytest.raises(ValueError, match="max_len"):
+        SequenceClassifier(10, 2, 0)
+    model = SequenceClassifier(10, 2, 8)
+    with pytest.raises(ValueError, match="idx"):
+        model.forward(np.zeros((2, 9), dtype=np.int64))
+    with pytest.raises(ValueError, match="idx"):
+        model.forward(np.full((2, 4), 10))
