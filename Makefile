@@ -10,7 +10,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
 LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises
 
-.PHONY: all venv venv-lib venv-notebooks train test lint pytest nbval lab notebooks exercises results bench torch demo clean nbval-other-cpu
+.PHONY: all venv venv-lib venv-notebooks train test lint pytest nbval lab notebooks exercises results results-long bench torch demo clean nbval-other-cpu
 
 all: test
 
@@ -71,8 +71,12 @@ exercises: venv
 	$(BIN)/python scripts/build_exercises.py
 
 # Regenerate the results table in README.md (trains every configuration; takes a while).
-results: venv
+results: venv results-long
 	$(BIN)/python scripts/results.py
+
+# The long-sequence experiments of chapter 13 (results/long-*.json; about 25 minutes on 2 cores).
+results-long: venv
+	$(BIN)/python scripts/long_results.py
 
 bench: venv
 	$(BIN)/python -m whitebox.bench

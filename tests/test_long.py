@@ -4,6 +4,7 @@ independent of the generators'; the sequence classifier's gradients; the results
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -250,3 +251,47 @@ def test_sequence_classifier_refuses_bad_arguments():
         model.forward(np.zeros((2, 9), dtype=np.int64))
     with pytest.raises(ValueError, match="idx"):
         model.forward(np.full((2, 4), 10))
+
+
+# ---- the results files (scripts/long_results.py) ------------------------------------------------
+
+
+def _long_results():
+    return {
+        p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("long-*.json"))
+    }
+
+
+def test_results_files_follow_the_schema():
+    """The schema of the other results files plus seq_len; summaries recomputed from values."""
+    files = _long_results()
+    runs = {k: v for k, v in files.items() if k not in ("long-tuning", "long-scaling")}
+    assert {(r["task"], r["attention"]) for r in runs.values()} >= {
+        (t, a) for t in ("listops", "majority", "recall") for a in ("tssa", "softmax")
+    }
+    keys = {"schema", "name", "task", "attention", "model", "metric", "better", "setting",
+            "seeds", "values", "mean", "std", "min", "max", "std_note", "params", "steps",
+            "per_seed", "machine", "seq_len"}  # fmt: skip
+    for name, r in runs.items():
+        assert keys <= set(r), (name, keys - set(r))
+        assert r["name"] == name == f"long-{r['task']}-{r['attention']}-{r['seq_len']}"
+        assert len(r["values"]) == len(r["seeds"]) == len(r["per_seed"]) >= 3
+        assert [s["value"] for s in r["per_seed"]] == r["values"]
+        assert r["mean"] == pytest.approx(statistics.mean(r["values"]), abs=1e-4)
+        assert r["std"] == pytest.approx(statistics.stdev(r["values"]), abs=1e-4)
+        assert all(0 <= v <= 1 for v in r["values"]) and {"lr", "weight_decay"} <= set(r["setting"])
+        if r["seq_len"] <= 2048:
+            assert len(r["seeds"]) >= 5
+    scaling = files["long-scaling"]["attention"]
+    for a in ("tssa", "softmax"):
+        rows = scaling[a]["rows"]
+        assert [r["seq_len"] for r in rows] == sorted(r["seq_len"] for r in rows)
+        assert all(r["seconds_per_step"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    budget = files["long-scaling"]["score_budget_bytes"]
+    assert all(r["score_matrix_bytes"] <= budget for r in scaling["softmax"]["rows"])
+    assert max(r["seq_len"] for r in scaling["tssa"]["rows"]) >= 16384
+    tuning = files["long-tuning"]
+    assert set(tuning["chosen"]) == {"tssa", "softmax"}
+    for c in tuning["chosen"].values():
+        assert c["lr"] in tuning["grid"]
+        assert c["inside"] == (min(tuning["grid"]) < c["lr"] < max(tuning["grid"]))

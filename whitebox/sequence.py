@@ -7,6 +7,8 @@ r"""A sequence classifier for long token sequences (chapter 13), ToST or softmax
 ``pool="mean"`` averages the n tokens; ``pool="last"`` reads the last token, so that whatever
 it knows of the others came through the attention layers. The positions are fixed sinusoids
 (Vaswani et al.), so one model runs at any length up to ``max_len`` without new parameters.
+The embeddings start at standard deviation 1 (PyTorch's ``nn.Embedding`` default), the scale
+of the sinusoids, so that a token's identity is not drowned by its position at the start.
 No padding mask: pad tokens are tokens like any other, for both attentions alike.
 """
 
@@ -56,7 +58,7 @@ class SequenceClassifier(Module):
         )  # fmt: skip
         rng = np.random.default_rng(seed)
         self.dim, self.pool, self.max_len = dim, pool, int(max_len)
-        self.embed = Embedding(vocab_size, dim, dtype=dtype, rng=rng)
+        self.embed = Embedding(vocab_size, dim, dtype=dtype, rng=rng, init_std=1.0)
         self.blocks = ModuleList(
             Block(dim, num_heads, attention, mlp_ratio=mlp_ratio, dtype=dtype, rng=rng)
             for _ in range(depth)
