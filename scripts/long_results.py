@@ -52,16 +52,16 @@ RESULTS = ROOT / "results"
 
 MODEL = dict(dim=32, depth=1, num_heads=2, mlp_ratio=2)  # tiny: 2 shared CPU cores
 BATCH, STEPS, WARMUP, CLIP, WEIGHT_DECAY = 4, 300, 30, 1.0, 0.05
-LR_GRID = (1e-3, 3e-3, 1e-2)
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 TUNE_SEEDS, SEEDS = (0, 1), (0, 1, 2, 3, 4)
-TUNE_LEN, TRAIN_LEN, LONG_LEN = 256, 1024, 16384
-LONG_SEEDS = (0, 1, 2)
+TUNE_LEN, TRAIN_LEN, LONG_LEN = 256, 512, 16384
+LONG_SEEDS = (0, 1)
 N_TEST, N_VAL = 400, 200
 SCORE_BUDGET = 1 << 30  #: bytes: softmax attention's score matrix B H n^2 float32 must fit
 SCALING_BATCH = 4
 SCALING_LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 # ListOps scaled down from LRA's 500 < length < 2000 (96,000 training trees) to
-LISTOPS = dict(min_length=250, max_length=1000, n_train=2000)
+LISTOPS = dict(min_length=100, max_length=512, n_train=2000)
 RECALL = dict(num_keys=64, num_values=8)  # more keys than the model has dimensions (32)
 MAJORITY = dict(num_symbols=8)
 
@@ -114,7 +114,7 @@ def machine() -> dict:
 
 
 def listops_pool():
-    """ListOps trees, 250 < length < 1000, tokenized and padded to 1000: train / val / test."""
+    """ListOps trees, 100 < length < 512, tokenized and padded to 512: train / val / test."""
     n = LISTOPS["n_train"] + N_VAL + N_TEST
     src, lab = make_listops(
         n, min_length=LISTOPS["min_length"], max_length=LISTOPS["max_length"], seed=0
@@ -252,6 +252,12 @@ def write(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def majority_share(task, n) -> dict:
+    """The test accuracy of always answering the test set's most frequent label."""
+    _, y = batch(task, n, "test", 0, N_TEST)
+    return {"majority_class_share": round(float(np.bincount(y).max() / len(y)), 4)}
+
+
 def result_file(task, attention, n, setting, rows, where):
     rows = sorted(rows, key=lambda r: r["seed"])
     values = [r["value"] for r in rows]
@@ -271,6 +277,7 @@ def result_file(task, attention, n, setting, rows, where):
         **summary(values),
         "std_note": "sample standard deviation over the seeds (n - 1 in the denominator)",
         "chance": round(1 / TASKS[task]["classes"], 4),
+        **majority_share(task, n),
         "params": rows[0]["params"],
         "steps": STEPS,
         "batch": BATCH,
@@ -298,6 +305,13 @@ def result_file(task, attention, n, setting, rows, where):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    ap.add_argument(
+        "--reuse-tuning",
+        action="store_true",
+        help="keep results/long-tuning.json if it was made with this grid and budget",
+    )
+    ap.add_argument("--skip-cost", action="store_true",
+                    help="keep results/long-scaling.json (no time and memory sweep)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.jobs < 1:
         print("long_results.py: --jobs: expected an integer >= 1", file=sys.stderr)
@@ -314,7 +328,15 @@ def main(argv=None) -> int:
             dict(task=TUNE_TASK, attention=a, n=TUNE_LEN, seed=s, lr=lr, split="val")
             for a in ATTENTIONS for lr in LR_GRID for s in TUNE_SEEDS
         ]  # fmt: skip
-        done = pool.map(run, jobs, chunksize=1)
+        old = RESULTS / "long-tuning.json"
+        old = json.loads(old.read_text()) if args.reuse_tuning and old.exists() else {}
+        same = {"task": TUNE_TASK, "grid": list(LR_GRID), "seeds": list(TUNE_SEEDS),
+                "tune_len": TUNE_LEN, "steps": STEPS, "batch": BATCH}  # fmt: skip
+        if old and all(old.get(k) == v for k, v in same.items()):
+            done = [dict(r, task=TUNE_TASK) for r in old["runs"]]
+            print("tuning: reused results/long-tuning.json", flush=True)
+        else:
+            done = pool.map(run, jobs, chunksize=1)
         tuning = {"task": TUNE_TASK, "grid": list(LR_GRID), "seeds": list(TUNE_SEEDS),
                   "tune_len": TUNE_LEN, "steps": STEPS, "batch": BATCH, "chosen": {},
                   "runs": [{k: r[k] for k in ("attention", "lr", "seed", "value")} for r in done]}  # fmt: skip
@@ -325,8 +347,10 @@ def main(argv=None) -> int:
                 )
                 for lr in LR_GRID
             }
-            # the best mean validation accuracy; a tie goes to the middle of the grid
-            best = max(LR_GRID, key=lambda lr: (means[lr], -abs(np.log(lr / LR_GRID[1]))))
+            # the best mean validation accuracy; a tie goes to the rate nearest the grid's
+            # (geometric) middle
+            mid = np.sqrt(LR_GRID[0] * LR_GRID[-1])
+            best = max(LR_GRID, key=lambda lr: (means[lr], -abs(np.log(lr / mid))))
             tuning["chosen"][a] = dict(
                 lr=best, inside=LR_GRID[0] < best < LR_GRID[-1],
                 val_accuracy={str(k): round(v, 4) for k, v in means.items()},
@@ -340,12 +364,16 @@ def main(argv=None) -> int:
                  seed=s, lr=tuning["chosen"][a]["lr"], split="test")
             for t, a in pairs for s in SEEDS
         ]  # fmt: skip
-        jobs += [
+        jobs = [
             dict(task=t, attention="tssa", n=LONG_LEN, seed=s,
                  lr=tuning["chosen"]["tssa"]["lr"], split="test")
             for t in ("majority", "recall") for s in LONG_SEEDS
-        ]  # fmt: skip
-        done = pool.map(run, jobs, chunksize=1)
+        ] + jobs  # the longest first  # fmt: skip
+        done = []
+        for r in pool.imap_unordered(run, jobs, chunksize=1):
+            done.append(r)
+            print(f"  {len(done)}/{len(jobs)} {r['task']} {r['attention']} n={r['n']} "
+                  f"seed {r['seed']}: {r['value']} ({r['seconds']} s)", flush=True)  # fmt: skip
     groups = {}
     for r in done:
         groups.setdefault((r["task"], r["attention"], r["n"]), []).append(r)
@@ -356,6 +384,8 @@ def main(argv=None) -> int:
               flush=True)  # fmt: skip
     print(f"training done: {time.time() - t_start:.0f} s", flush=True)
     # 4. cost against length, one process (nothing else running)
+    if args.skip_cost:
+        return 0
     cost = scaling()
     cost["machine"] = where
     write(RESULTS / "long-scaling.json", cost)
