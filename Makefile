@@ -74,7 +74,7 @@ exercises: venv
 results: venv results-long
 	$(BIN)/python scripts/results.py
 
-# The long-sequence experiments of chapter 13 (results/long-*.json; about 25 minutes on 2 cores).
+# The long-sequence experiments of chapter 13 (results/long-*.json; about 11 minutes on 2 idle cores).
 results-long: venv
 	$(BIN)/python scripts/long_results.py
 

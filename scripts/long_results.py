@@ -14,8 +14,9 @@ down), a count comparison (``make_majority``: a global statistic) and an associa
    which sees NumPy's allocations), softmax while its score matrix fits SCORE_BUDGET.
 
 Writes results/long-<task>-<attention>-<n>.json (the schema of the other results files plus
-``seq_len``), results/long-tuning.json and results/long-scaling.json. Two jobs at a time, one
-BLAS thread each. Run: ``python scripts/long_results.py`` (``make results-long``).
+``seq_len``), results/long-tuning.json and results/long-scaling.json. ``--jobs`` runs at a time
+(default 2), one BLAS thread each; about 1,300 CPU-seconds in all (roughly 11 minutes on 2
+idle cores). Run: ``python scripts/long_results.py`` (``make results-long``).
 """
 
 from __future__ import annotations
