@@ -13,7 +13,7 @@ SOLUTIONS := $(sort $(wildcard exercises/solutions/*.ipynb))
 # never judges (the copies the build generates are linted by tests/test_build_exercises.py).
 LINT_PATHS := whitebox tests scripts benchmarks notebooks exercises/solutions book
 
-.PHONY: all venv venv-lib venv-notebooks venv-book train test lint pytest nbval lab notebooks exercises grade results bench torch demo clean nbval-other-cpu book book-test diagrams
+.PHONY: all venv venv-lib venv-notebooks venv-book train test lint pytest nbval lab notebooks exercises grade results results-long bench torch demo clean nbval-other-cpu book book-test diagrams
 
 all: test
 
@@ -110,9 +110,13 @@ grade:
 	$(BIN)/python -m whitebox.grade "$(SUBMISSIONS)" --out "$(GRADES)" $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 # Regenerate the results table in README.md (trains every configuration; takes a while).
-results: venv
+results: venv results-long
 	$(BIN)/python scripts/results.py
 	$(BIN)/python scripts/mechanism.py
+
+# The long-sequence experiments of chapter 13 (results/long-*.json; about 11 minutes on 2 idle cores).
+results-long: venv
+	$(BIN)/python scripts/long_results.py
 
 bench: venv
 	$(BIN)/python -m whitebox.bench

@@ -11,7 +11,7 @@ The layering, from the bottom up; a module imports only from its own group or th
 5. costs: ``complexity`` (operation counts of the layers, with their constants).
 6. the checkpoint file format: ``checkpoint`` (atomic ``.npz`` files; it imports nothing of
    whitebox: ``models.load`` reads it, the training loop writes it).
-7. models: ``vision``, ``models``.
+7. models: ``vision``, ``models``, ``sequence`` (the long-sequence classifier).
 8. what uses the models: training (``train``), benchmarks (``bench``), the commands
    (``predict``, ``sample``, ``demo``), ``analysis``, ``interop`` and the exercise checkers
    (``exercise_checks``).
@@ -44,7 +44,7 @@ LAYERS = [
     ("layers", {"nn"}),
     ("costs", {"complexity"}),
     ("checkpoint file format", {"checkpoint"}),
-    ("models", {"vision", "models"}),
+    ("models", {"vision", "models", "sequence"}),
     (
         "training, benchmarks, commands, exercise checkers",
         {"train", "bench", "predict", "sample", "demo", "analysis", "mechanism", "interop"}
@@ -55,7 +55,17 @@ LAYERS = [
 ]
 MATHEMATICS_AND_LAYERS = {"backend", "mcr2", "data", "kernels", "gradcheck", "module", "optim"}
 MATHEMATICS_AND_LAYERS |= {"nn", "complexity"}
-ABOVE = {"checkpoint", "models", "vision", "train", "bench", "predict", "sample", "demo"}
+ABOVE = {
+    "checkpoint",
+    "models",
+    "vision",
+    "sequence",
+    "train",
+    "bench",
+    "predict",
+    "sample",
+    "demo",
+}
 ABOVE |= {"analysis", "mechanism", "interop", "exercise_checks", "grade"}
 
 
