@@ -158,9 +158,7 @@ def roadmap(outdir):
         (10.43, "ch. 13\nlong\nsequences"),
     ]
     label(ax, 2.545, 0.2, "the layer, studied", fontsize=10, style="italic", ha="center")
-    label(
-        ax, 8.05, 0.2, "the models, trained and opened", fontsize=10, style="italic", ha="center"
-    )
+    label(ax, 8.05, 0.2, "the models, trained and opened", fontsize=10, style="italic", ha="center")
     for x, t in study:
         box(ax, x, y3, ws, hs, t, STUDY, fontsize=9.5)
         path(ax, [(xs[1], y2 - h / 2), (xs[1], 1.95), (x, 1.95), (x, y3 + hs / 2)], ls=":")
