@@ -477,16 +477,21 @@ def main(argv=None) -> int:
         setting_of = {
             n: tuning["chosen"].get(n) or tuning["chosen"][f"{CONFIGS[n][0]}-tssa"] for n in mine
         }
-        # the task's seeds in one pool (the six-block network first: it runs longest)
-        jobs = []
-        for name in sorted(mine, key=lambda n: n != "digits-tost-deep"):
+        # the task's seeds in one pool, each configuration written as soon as its seeds are done
+        # (the tuned ones first: the chapters compare them)
+        pending = []
+        for name in mine:
             _, attention, extra = CONFIGS[name]
             flags = {k: setting_of[name][k] for k in ("lr", "weight_decay")}
-            for s in SEEDS:
-                out = RUNS / f"{name}-seed{s}"
-                jobs.append((train_run, (out, task, attention, extra, args.reuse), dict(flags, seed=s)))  # fmt: skip
-        _parallel(jobs, priority)
-        for name in mine:
+            futures = [
+                _POOL.submit(priority, train_run, RUNS / f"{name}-seed{s}", task, attention, extra,
+                             args.reuse, **flags, seed=s)
+                for s in SEEDS
+            ]  # fmt: skip
+            pending.append((name, futures))
+        for name, futures in pending:
+            for f in futures:
+                f.result()
             data = seeds(name, setting_of[name], reuse=True)  # the runs just made
             data["machine"] = {**where, "jobs": JOBS}  # runs side by side: the seconds' context
             if data["task"] == "digits" and not args.skip_inside:
