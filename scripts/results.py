@@ -489,8 +489,10 @@ def main(argv=None) -> int:
                 for s in SEEDS
             ]  # fmt: skip
             pending.append((name, futures))
+        waits = dict(pending)
         for name, futures in pending:
-            for f in futures:
+            # the control network of chapter 10's measurements must be trained first
+            for f in futures + waits.get(CONTROLS.get(name), []):
                 f.result()
             data = seeds(name, setting_of[name], reuse=True)  # the runs just made
             data["machine"] = {**where, "jobs": JOBS}  # runs side by side: the seconds' context
