@@ -376,6 +376,8 @@ def _inside_one(name: str, seed: int, checkpoint: str) -> dict:
 
     control = CONTROLS.get(name)  # the softmax baseline of the same seed
     control = RUNS / f"{control}-seed{seed}" / "model.npz" if control else None
+    if control is not None and not control.exists():  # not trained here (e.g. --only): no arm
+        control = None
     report = analysis.digits_report(ROOT / checkpoint, control)
     if name in PROFILED:
         report["profile"] = analysis.profile_report(ROOT / checkpoint)
