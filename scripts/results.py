@@ -1,20 +1,31 @@
 """Regenerate the multi-seed results and the results table in README.md: ``make results``.
 
 Three phases, each run exactly as ``python -m whitebox.train`` runs (a fresh process per run,
-one BLAS thread, ``JOBS`` runs side by side):
+one BLAS thread, ``JOBS`` runs side by side: the environment variable JOBS, default 2):
 
-1. **Tuning.** For each task and each attention (ToST's TSSA and the softmax baseline), the same
-   grid of peak learning rates x weight decays (``GRID``), seed 0, with ``--holdout``: trained on
-   part of the training data and scored on a validation split carved out of it. The test data is
-   never looked at. The best setting of each model (highest validation accuracy on the digits,
-   ties broken by the lower validation loss; lowest validation loss on the text) is its setting.
+1. **Tuning.** For each task and each attention (ToST's TSSA and the softmax baseline), a
+   coarse-then-fine search with ``--holdout`` (trained on part of the training data, scored on a
+   validation split carved out of it; the test data is never looked at). Every setting is run
+   with the seeds ``TUNING_SEEDS`` and judged by the mean over them (digits: highest mean
+   validation accuracy, ties broken by the lower mean validation loss; text: lowest mean
+   validation loss). Stage 1: the four peak learning rates of ``LR_GRID`` (factor 2 apart) at
+   weight decay ``WD_START``. Stage 2: the other weight decays of ``WD_GRID`` at the model's
+   stage-1 learning rate. After each stage, while any model's best value sits on the edge of the
+   values it was run with, *every* model of the task gets one more value of that parameter (a
+   factor ``EXTEND`` beyond the edge where its best lies, or, when its best is inside, beyond the
+   edge on the side of its better neighbour): the same number of runs for ToST and its baseline,
+   and every chosen value strictly inside the values run. A run that diverges counts as the
+   worst result. The two tasks run as two pipelines side by side (tuning, then seeds, then the
+   measurements), the digits' runs first whenever both wait for a worker.
 2. **Seeds.** Each configuration of ``CONFIGS`` with its chosen setting, seeds ``SEEDS``, on the
    full training data, scored on the test data (digits) or the held-out last 10% (text).
 3. **Inside.** For the digits, the white-box measurements of chapters 9 and 10
    (``whitebox.analysis``) on every seed's trained network and on the same network at
-   initialization; for the configurations in ``PROFILED`` also the layer-wise profile of
-   chapter 10 (``analysis.profile_report``: R_c^var and the heads' covariances per block, on
-   training and test images).
+   initialization, with chapter 10's controls of each block's attention update (a random update
+   of the same per-token norms; for ``CONTROLS`` also the softmax baseline's update of the same
+   seed, measured with the ToST's U and Pi); for the configurations in ``PROFILED`` also the
+   layer-wise profile of chapter 10 (``analysis.profile_report``: R_c^var and the heads'
+   covariances per block, on training and test images, raw and rescaled per image).
 
 Writes ``results/tuning.json`` and one ``results/<config>.json`` per configuration (per-seed
 values, mean, standard deviation, configuration, machine and library versions), then rewrites
@@ -22,7 +33,7 @@ the table between the ``<!-- results:start -->`` and ``<!-- results:end -->`` ma
 README.md. Nothing in the table is typed by hand. Checkpoints go to ``runs/results/`` (ignored
 by git); ``--reuse`` keeps runs that finished there before (e.g. to redo only the analysis).
 
-    python scripts/results.py                # everything (about 30 minutes on 2 cores)
+    python scripts/results.py                # everything (about 70 minutes on 2 cores)
     python scripts/results.py --reuse        # only what is missing
     python scripts/results.py --only digits-tssa --reuse
     python scripts/results.py --only digits-tost-deep   # chapter 10's six-block network
@@ -31,13 +42,17 @@ by git); ``--reuse`` keeps runs that finished there before (e.g. to redo only th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import platform
+import queue
 import statistics
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,8 +63,29 @@ RESULTS = ROOT / "results"
 RUNS = ROOT / "runs" / "results"
 SCHEMA = 1
 SEEDS = (0, 1, 2, 3, 4)
-TUNING_SEED = 0
-GRID = {"lr": (2e-3, 4e-3, 1e-2), "weight_decay": (0.05, 0.1)}
+#: tuning: every setting is run with these seeds and judged by the mean over them
+TUNING_SEEDS = (0, 1)
+#: stage 1: peak learning rates (log-spaced, factor 2; each task's grid is centred on the optima of
+#: an earlier one-seed search) at weight decay WD_START, per task
+LR_GRID = {"digits": (1e-3, 2e-3, 4e-3, 8e-3), "text": (5e-3, 1e-2, 2e-2, 4e-2)}
+WD_START = 0.05
+#: stage 2: weight decays at the stage-1 learning rate
+WD_GRID = (0.02, 0.05, 0.1)
+#: an edge is extended by this factor, one value per round, at most MAX_EXTENSIONS rounds
+EXTEND = 2.0
+MAX_EXTENSIONS = 3
+TUNING_PROCEDURE = (
+    "stage 1: every peak lr of the task's grid (4 values, factor 2 apart) at weight decay "
+    f"{WD_START:g}; while any model's best lr is the smallest or largest value run, every model "
+    f"of the same task gets one more lr (a factor {EXTEND:g} beyond the edge where its best "
+    "lies, else beyond the edge on the side of its better neighbour). stage 2: weight decays "
+    f"{', '.join(f'{w:g}' for w in WD_GRID if w != WD_START)} at the model's stage-1 lr, then the "
+    "same extension rule for weight decay. Every setting with seeds "
+    f"{', '.join(map(str, TUNING_SEEDS))}; the chosen setting is the best over everything run by "
+    "the mean over the seeds, and it lies strictly inside the values run of both lr and weight "
+    "decay. The models compared on a task (ToST and its softmax baseline) get the same budget."
+)
+#: runs side by side (environment variable JOBS; default 2, one per core of a 2-core machine)
 JOBS = 2
 
 #: name -> (task, attention, extra flags). The tuned ones get a grid search of their own.
@@ -69,7 +105,10 @@ CONFIGS = {
 TUNED = ("digits-tssa", "digits-softmax", "text-tssa", "text-softmax")
 #: configurations whose white-box measurements include the layer-wise profile of chapter 10
 #: (R_c^var and the heads' covariances over depth, on training and test images)
-PROFILED = ("digits-tost-deep",)
+PROFILED = ("digits-tost-deep", "digits-tssa")
+#: configuration -> the softmax configuration whose network (same seed) is chapter 10's control:
+#: its attention update measured with the ToST's U and Pi (``analysis.update_controls``)
+CONTROLS = {"digits-tssa": "digits-softmax"}
 
 
 def machine() -> dict:
@@ -135,41 +174,161 @@ def train_run(out: Path, task: str, attention: str, extra, reuse: bool, **flags)
     return result
 
 
-def _parallel(jobs):
-    with ThreadPoolExecutor(max_workers=JOBS) as pool:
-        futures = [pool.submit(fn, *args, **kw) for fn, args, kw in jobs]
-        return [f.result() for f in futures]
+class _PriorityPool:
+    """``JOBS`` worker threads that take the waiting job of the lowest priority first (the
+    digits before the text), first come first served within a priority."""
+
+    def __init__(self, workers: int):
+        self.queue: queue.PriorityQueue = queue.PriorityQueue()
+        self.order = itertools.count()
+        for _ in range(workers):
+            threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self):
+        while True:
+            _, _, future, fn, args, kw = self.queue.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kw))
+                except BaseException as err:  # handed to whoever waits on the future
+                    future.set_exception(err)
+
+    def submit(self, priority: int, fn, *args, **kw) -> Future:
+        future: Future = Future()
+        self.queue.put((priority, next(self.order), future, fn, args, kw))
+        return future
 
 
-def tune(names, reuse: bool) -> dict:
-    jobs, keys = [], []
+_POOL: _PriorityPool | None = None
+
+
+def _parallel(jobs, priority: int = 0):
+    global _POOL
+    if _POOL is None:
+        _POOL = _PriorityPool(JOBS)
+    futures = [_POOL.submit(priority, fn, *args, **kw) for fn, args, kw in jobs]
+    return [f.result() for f in futures]
+
+
+def _rank(task: str, setting: dict):
+    """Sort key of a setting's seed-mean metrics: smaller is better; a diverged run is worst."""
+    if setting["val_loss"] is None:
+        return (math.inf, math.inf)
+    if task == "digits":  # highest mean accuracy, ties broken by the lower mean loss
+        return (-setting["val_accuracy"], setting["val_loss"])
+    return (setting["val_loss_nats_per_char"],)
+
+
+def _mean(values: list):
+    """The mean to 4 decimals; None when a run diverged (no value)."""
+    return None if None in values else round(statistics.mean(values), 4)
+
+
+def _tuning_run(*args, **kw):
+    """A tuning run; None when training diverged (a learning rate too high is a result too)."""
+    try:
+        return train_run(*args, **kw)
+    except RuntimeError as err:
+        if "training diverged" in str(err):
+            return None
+        raise
+
+
+def _settings(runs: list, name: str) -> list:
+    """Every (lr, weight decay) a model was run with: the mean over its seeds of each metric."""
+    key, _ = metric_of(CONFIGS[name][0], holdout=True)
+    groups: dict = {}
+    for r in runs:
+        if r["config"] == name:
+            groups.setdefault((r["lr"], r["weight_decay"]), []).append(r)
+    out = []
+    for (lr, wd), rs in sorted(groups.items()):
+        out.append({
+            "lr": lr, "weight_decay": wd, "seeds": sorted(r["seed"] for r in rs),
+            key: _mean([r[key] for r in rs]), "val_loss": _mean([r["val_loss"] for r in rs]),
+        })  # fmt: skip
+    return out
+
+
+def _best(runs: list, name: str) -> dict:
+    task = CONFIGS[name][0]
+    return min(_settings(runs, name), key=lambda s: _rank(task, s))
+
+
+def _on_edge(runs: list, name: str, param: str):
+    """-1 or +1 when the best setting's ``param`` is the smallest or largest value run, else 0."""
+    values = sorted({r[param] for r in runs if r["config"] == name})
+    best = _best(runs, name)[param]
+    return -1 if best == values[0] else (1 if best == values[-1] else 0)
+
+
+def _extension(runs: list, name: str, param: str) -> float:
+    """The next value of ``param`` beyond the edge where the model's best lies; a model whose best
+    is inside gets one beyond the edge on the side of its better neighbour (same budget)."""
+    task = CONFIGS[name][0]
+    values = sorted({r[param] for r in runs if r["config"] == name})
+    side = _on_edge(runs, name, param)
+    if side == 0:
+        best = _best(runs, name)
+        table = {s[param]: s for s in _settings(runs, name) if all(
+            s[k] == best[k] for k in ("lr", "weight_decay") if k != param)}  # fmt: skip
+        i = values.index(best[param])
+        lower, upper = table.get(values[i - 1]), table.get(values[i + 1])
+        side = -1 if upper is None or (lower and _rank(task, lower) <= _rank(task, upper)) else 1
+    return values[0] / EXTEND if side < 0 else values[-1] * EXTEND
+
+
+def tune(names, reuse: bool, priority: int = 0) -> dict:
+    """Coarse-then-fine search, the same number of runs for every model (see the docstring)."""
+    runs: list = []
+
+    def stage(label: str, plan: dict) -> None:
+        jobs, keys = [], []
+        for name, settings in plan.items():
+            task, attention, extra = CONFIGS[name]
+            for lr, wd in settings:
+                for seed in TUNING_SEEDS:
+                    out = RUNS / "tuning" / f"{name}-lr{lr:g}-wd{wd:g}-seed{seed}"
+                    jobs.append((_tuning_run, (out, task, attention, extra, reuse),
+                                 dict(lr=lr, weight_decay=wd, seed=seed, holdout=True)))  # fmt: skip
+                    keys.append((name, lr, wd, seed))
+        for (name, lr, wd, seed), r in zip(keys, _parallel(jobs, priority)):
+            key, _ = metric_of(CONFIGS[name][0], holdout=True)
+            run = {"config": name, "stage": label, "lr": lr, "weight_decay": wd, "seed": seed}
+            if r is None:
+                run.update({key: None, "val_loss": None, "diverged": True})
+            else:
+                run.update({key: r[key], "val_loss": round(r["history"][-1]["val_loss"], 4),
+                            "seconds": r["seconds"]})  # fmt: skip
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+
+    def widen(param: str, fixed: dict) -> None:
+        for round_ in range(1, MAX_EXTENSIONS + 1):
+            if not any(_on_edge(runs, n, param) for n in names):
+                return
+            plan = {}
+            for n in names:
+                value = _extension(runs, n, param)
+                other = fixed[n] if param == "lr" else _best(runs, n)["lr"]
+                plan[n] = [(value, other) if param == "lr" else (other, value)]
+            stage(f"{param} extension {round_}", plan)
+
+    stage("1: lr", {n: [(lr, WD_START) for lr in LR_GRID[CONFIGS[n][0]]] for n in names})
+    widen("lr", {n: WD_START for n in names})
+    lr1 = {n: _best(runs, n)["lr"] for n in names}
+    stage("2: weight decay", {n: [(lr1[n], wd) for wd in WD_GRID if wd != WD_START] for n in names})
+    widen("weight_decay", {})
+    chosen, grid = {}, {}
     for name in names:
-        task, attention, extra = CONFIGS[name]
-        for lr in GRID["lr"]:
-            for wd in GRID["weight_decay"]:
-                out = RUNS / "tuning" / f"{name}-lr{lr:g}-wd{wd:g}"
-                jobs.append((train_run, (out, task, attention, extra, reuse),
-                             dict(lr=lr, weight_decay=wd, seed=TUNING_SEED, holdout=True)))  # fmt: skip
-                keys.append((name, lr, wd))
-    runs = []
-    for (name, lr, wd), r in zip(keys, _parallel(jobs)):
-        task = CONFIGS[name][0]
-        key, _ = metric_of(task, holdout=True)
-        last = r["history"][-1]
-        runs.append({"config": name, "lr": lr, "weight_decay": wd, key: r[key],
-                     "val_loss": round(last["val_loss"], 4), "seconds": r["seconds"]})  # fmt: skip
-        print(json.dumps(runs[-1]), flush=True)
-    chosen = {}
-    for name in names:
-        task = CONFIGS[name][0]
-        key, direction = metric_of(task, holdout=True)
-        mine = [r for r in runs if r["config"] == name]
-        if direction == "max":
-            best = max(mine, key=lambda r: (r[key], -r["val_loss"]))
-        else:
-            best = min(mine, key=lambda r: r[key])
-        chosen[name] = {"lr": best["lr"], "weight_decay": best["weight_decay"], key: best[key]}
-    return {"runs": runs, "chosen": chosen}
+        key, _ = metric_of(CONFIGS[name][0], holdout=True)
+        best = _best(runs, name)
+        chosen[name] = {"lr": best["lr"], "weight_decay": best["weight_decay"], key: best[key],
+                        "val_loss": best["val_loss"], "seeds": best["seeds"]}  # fmt: skip
+        grid[name] = {p: sorted({r[p] for r in runs if r["config"] == name})
+                      for p in ("lr", "weight_decay")}  # fmt: skip
+    settings = {name: _settings(runs, name) for name in names}
+    return {"runs": runs, "chosen": chosen, "grid": grid, "settings": settings}
 
 
 def seeds(name: str, setting: dict, reuse: bool) -> dict:
@@ -212,20 +371,37 @@ def seeds(name: str, setting: dict, reuse: bool) -> dict:
     }
 
 
-def inside(data: dict) -> dict:
-    """The white-box measurements of chapters 9 and 10 on every seed's trained digits network."""
+def _inside_one(name: str, seed: int, checkpoint: str) -> dict:
+    """The white-box measurements of one seed's network (run in a worker process)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from whitebox import analysis
 
-    per_seed = []
-    profiled = data["name"] in PROFILED
-    for p in data["per_seed"]:
-        report = analysis.digits_report(ROOT / p["checkpoint"])
-        if profiled:
-            report["profile"] = analysis.profile_report(ROOT / p["checkpoint"])
-        per_seed.append({"seed": p["seed"], **report})
-        print(f"  inside {data['name']} seed {p['seed']}", flush=True)
+    control = CONTROLS.get(name)  # the softmax baseline of the same seed
+    control = RUNS / f"{control}-seed{seed}" / "model.npz" if control else None
+    if control is not None and not control.exists():  # not trained here (e.g. --only): no arm
+        control = None
+    report = analysis.digits_report(ROOT / checkpoint, control)
+    if name in PROFILED:
+        report["profile"] = analysis.profile_report(ROOT / checkpoint)
+    return {"seed": seed, **report}
+
+
+def inside(data: dict) -> dict:
+    """The white-box measurements of chapters 9 and 10 on every seed's trained digits network,
+    two seeds side by side (one process each)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from whitebox import analysis
+
+    with ProcessPoolExecutor(max_workers=min(JOBS, 2)) as pool:
+        futures = [
+            pool.submit(_inside_one, data["name"], p["seed"], p["checkpoint"])
+            for p in data["per_seed"]
+        ]
+        per_seed = [f.result() for f in futures]
+    print(f"  inside {data['name']}: seeds {[r['seed'] for r in per_seed]}", flush=True)
     out = {"per_seed": per_seed, "summary": analysis.summarize(per_seed)}
-    if profiled:
+    if data["name"] in PROFILED:
         out["summary"]["profile"] = analysis.summarize_profile(per_seed)
     return out
 
@@ -236,45 +412,106 @@ def write(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def merge_tuning(old: dict, fresh: dict, to_tune: list, where: dict) -> dict:
+    """``results/tuning.json``: the models just tuned replace their old entries."""
+    old = old or {"runs": [], "chosen": {}, "grid": {}, "settings": {}, "budget": {}}
+    keep = lambda d: {k: v for k, v in d.items() if k not in to_tune}  # noqa: E731
+    budget = keep(old.get("budget")) if isinstance(old.get("budget"), dict) else {}
+    for task in sorted({CONFIGS[n][0] for n in to_tune}):
+        counts = {
+            sum(r["config"] == n for r in fresh["runs"]) for n in to_tune if CONFIGS[n][0] == task
+        }
+        budget[task] = (
+            f"{counts.pop()} runs per model ({len(TUNING_SEEDS)} seeds per setting)"
+            if len(counts) == 1
+            else f"unequal: {sorted(counts)}"
+        )
+    return {
+        "schema": SCHEMA,
+        "seeds": list(TUNING_SEEDS),
+        "procedure": TUNING_PROCEDURE,
+        "budget": budget,
+        "selection": "the mean over the seeds; digits: highest mean validation accuracy "
+        "(ties: lower mean validation loss); text: lowest mean validation loss; validation = "
+        "--holdout split carved out of the training data, never the test data",
+        "grid": {**keep(old.get("grid", {})), **fresh["grid"]},
+        "settings": {**keep(old.get("settings", {})), **fresh["settings"]},
+        "runs": [r for r in old["runs"] if r["config"] not in to_tune] + fresh["runs"],
+        "chosen": {**keep(old["chosen"]), **fresh["chosen"]},
+        "machine": where,
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reuse", action="store_true", help="keep runs that finished before")
     ap.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="these configurations")
     ap.add_argument("--skip-inside", action="store_true", help="no white-box measurements")
+    ap.add_argument("--retune", action="store_true",
+                    help="tune again even with --reuse (keeping the tuning runs that finished)")  # fmt: skip
     args = ap.parse_args(argv)
+    global JOBS
+    jobs = os.environ.get("JOBS", str(JOBS))
+    if not jobs.isdigit() or int(jobs) < 1:
+        ap.exit(2, f"JOBS: expected a positive integer (runs side by side), got {jobs!r}\n")
+    JOBS = int(jobs)
     names = args.only or list(CONFIGS)
     names.sort(key=lambda n: n not in TUNED)  # the untuned ones borrow a tuned setting
     RESULTS.mkdir(exist_ok=True)
     where = machine()
-    tuning_path = RESULTS / "tuning.json"
-    tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else None
-    to_tune = [n for n in names if n in TUNED]
-    if to_tune and (tuning is None or not args.reuse or set(to_tune) - set(tuning["chosen"])):
-        fresh = tune(to_tune, args.reuse)
-        old = tuning or {"runs": [], "chosen": {}}
-        tuning = {
-            "schema": SCHEMA,
-            "grid": {k: list(v) for k, v in GRID.items()},
-            "seed": TUNING_SEED,
-            "budget": f"{len(GRID['lr']) * len(GRID['weight_decay'])} runs per model, one seed",
-            "selection": "digits: highest validation accuracy (ties: lower validation loss); "
-            "text: lowest validation loss; validation = --holdout split carved out of the "
-            "training data, never the test data",
-            "runs": [r for r in old["runs"] if r["config"] not in to_tune] + fresh["runs"],
-            "chosen": {**old["chosen"], **fresh["chosen"]},
-            "machine": where,
-        }
-        write(tuning_path, tuning)
+    lock = threading.Lock()  # around tuning.json
+    tasks: dict = {}
     for name in names:
-        setting = tuning["chosen"].get(name) or tuning["chosen"][f"{CONFIGS[name][0]}-tssa"]
-        data = seeds(name, setting, args.reuse)
-        data["machine"] = where
-        if data["task"] == "digits" and not args.skip_inside:
-            data["inside"] = inside(data)
-        write(RESULTS / f"{name}.json", data)
-        print(
-            f"{name}: {data['metric']} {data['mean']} +- {data['std']} over seeds {data['seeds']}"
-        )
+        tasks.setdefault(CONFIGS[name][0], []).append(name)
+
+    def pipeline(task: str, mine: list, priority: int) -> None:
+        """Tune a task's models, then train and measure its configurations (the digits' jobs
+        go first whenever both tasks wait for a worker)."""
+        tuning_path = RESULTS / "tuning.json"
+        with lock:
+            tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else None
+        to_tune = [n for n in mine if n in TUNED]
+        stale = tuning is None or args.retune or set(to_tune) - set(tuning["chosen"])
+        if to_tune and (stale or not args.reuse):
+            fresh = tune(to_tune, args.reuse, priority)
+            with lock:
+                old = json.loads(tuning_path.read_text()) if tuning_path.exists() else {}
+                tuning = merge_tuning(old, fresh, to_tune, where)
+                write(tuning_path, tuning)
+        setting_of = {
+            n: tuning["chosen"].get(n) or tuning["chosen"][f"{CONFIGS[n][0]}-tssa"] for n in mine
+        }
+        # the task's seeds in one pool, each configuration written as soon as its seeds are done
+        # (the tuned ones first: the chapters compare them)
+        pending = []
+        for name in mine:
+            _, attention, extra = CONFIGS[name]
+            flags = {k: setting_of[name][k] for k in ("lr", "weight_decay")}
+            futures = [
+                _POOL.submit(priority, train_run, RUNS / f"{name}-seed{s}", task, attention, extra,
+                             args.reuse, **flags, seed=s)
+                for s in SEEDS
+            ]  # fmt: skip
+            pending.append((name, futures))
+        waits = dict(pending)
+        for name, futures in pending:
+            # the control network of chapter 10's measurements must be trained first
+            for f in futures + waits.get(CONTROLS.get(name), []):
+                f.result()
+            data = seeds(name, setting_of[name], reuse=True)  # the runs just made
+            data["machine"] = {**where, "jobs": JOBS}  # runs side by side: the seconds' context
+            if data["task"] == "digits" and not args.skip_inside:
+                data["inside"] = inside(data)
+            write(RESULTS / f"{name}.json", data)
+            print(f"{name}: {data['metric']} {data['mean']} +- {data['std']} over seeds {data['seeds']}",
+                  flush=True)  # fmt: skip
+
+    global _POOL
+    _POOL = _PriorityPool(JOBS)  # one pool for both pipelines, made before either starts
+    with ThreadPoolExecutor(max_workers=len(tasks)) as each:
+        done = [each.submit(pipeline, t, m, i) for i, (t, m) in enumerate(tasks.items())]
+        for f in done:
+            f.result()
     readme_tables.README.write_text(readme_tables.render(readme_tables.README.read_text()))
     print("wrote results/*.json and the table in README.md")
     return 0

@@ -178,7 +178,15 @@ def test_layer_profile_against_mcr2_per_image(tiny):
         P = analysis.memberships(blk.attn.last_pi)
         X2 = blk.ln_1.forward(inter["tokens"][l + 1])
         A_scaled = np.stack([a * np.sqrt(a.shape[1] * len(a) / (a**2).sum()) for a in A])
-        for rep, Z in (("in", X0), ("tssa_out", A), ("tssa_out_scaled", A_scaled), ("out", X2)):
+        X0_scaled = np.stack([x * np.sqrt(x.shape[1] * len(x) / (x**2).sum()) for x in X0])
+        reps = (
+            ("in", X0),
+            ("in_scaled", X0_scaled),
+            ("tssa_out", A),
+            ("tssa_out_scaled", A_scaled),
+            ("out", X2),
+        )
+        for rep, Z in reps:
             for kind in analysis.BASIS_KINDS:
                 U = analysis.head_bases(blk, kind)
                 want = np.mean(
@@ -224,3 +232,129 @@ def test_summarize_profile_counts_seeds_and_spreads_per_seed_values():
     assert block2["mean"] == pytest.approx(statistics.mean(values), abs=1e-4)
     assert block2["std"] == pytest.approx(statistics.stdev(values), abs=1e-4)
     assert (block2["min"], block2["max"]) == (min(values), max(values))
+
+
+# ---- chapter 10's controls -------------------------------------------------------------------
+
+
+def test_rescale_gives_mean_squared_length_d_with_one_factor_per_image():
+    rng = np.random.default_rng(8)
+    Z = rng.normal(size=(3, 5, 4)) * np.array([0.1, 2.0, 30.0])[:, None, None]
+    S = analysis.rescale(Z)
+    for z, s in zip(Z, S):
+        assert np.mean(np.sum(s**2, axis=1)) == pytest.approx(4.0, rel=1e-12)
+        ratio = s / z  # one factor for every entry of an image
+        np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-12)
+
+
+def test_same_norm_random_keeps_each_tokens_norm_and_draws_an_unrelated_direction():
+    rng = np.random.default_rng(9)
+    delta = rng.normal(size=(4, 50, 16)) * rng.uniform(0.1, 5.0, size=(4, 50, 1))
+    r = analysis.same_norm_random(delta, np.random.default_rng(0))
+    np.testing.assert_allclose(np.linalg.norm(r, axis=-1), np.linalg.norm(delta, axis=-1))
+    cos = (r * delta).sum(-1) / (np.linalg.norm(r, axis=-1) * np.linalg.norm(delta, axis=-1))
+    # 200 cosines of independent directions in 16 dimensions: mean 0, std 1/4 each
+    assert abs(cos.mean()) < 4 * 0.25 / np.sqrt(cos.size)
+    assert cos.std() == pytest.approx(0.25, rel=0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    tost = ToSTClassifier(dim=16, depth=2, num_heads=2, dtype="float64", seed=5)
+    soft = ToSTClassifier(dim=16, depth=2, num_heads=2, dtype="float64", seed=6,
+                          attention="softmax")  # fmt: skip
+    for net in (tost, soft):  # layer scales of a trained size, so the updates are not tiny
+        for blk in net.blocks:
+            blk.params["gamma1"][...] = 0.3
+    X = np.random.default_rng(6).uniform(0, 1, size=(4, 1, 8, 8))
+    return tost, soft, X
+
+
+def test_update_controls_against_independent_computations(tiny_pair):
+    tost, soft, X = tiny_pair
+    eps, h = 1.5, 1e-6
+    _, inter = tost.forward(X, return_intermediates=True)
+    _, sinter = soft.forward(X, return_intermediates=True)
+    got = analysis.update_controls(tost, inter, eps, soft, sinter, seed=3)
+    same = analysis.attention_substep(tost, inter, eps)
+    rng = np.random.default_rng(3)
+    for l, blk in enumerate(tost.blocks):
+        assert set(got[l]) == set(analysis.CONTROL_ARMS)
+        W = blk.attn.params["qkv.weight"]
+        p = W.shape[1] // 2
+        U = np.stack([np.linalg.qr(W[:, k * p : (k + 1) * p])[0] for k in range(2)])
+        Z = inter["tokens"][l]
+        X0 = blk.ln_1.forward(Z)
+        delta = blk.params["gamma1"] * blk.attn.forward(X0)
+        P = np.transpose(inter["pi"][l], (0, 2, 1))  # (B, n, K), rows sum to 1
+        r = analysis.same_norm_random(delta, rng)  # the draws in the function's order
+        sb = soft.blocks[l]
+        S0 = sb.ln_1.forward(sinter["tokens"][l])
+        S1 = sb.ln_1.forward(sinter["tokens"][l] + sb.params["gamma1"] * sb.attn.forward(S0))
+        pairs = {
+            "trained": (X0, blk.ln_1.forward(Z + delta)),
+            "random": (X0, blk.ln_1.forward(Z + r)),
+            "softmax": (S0, S1),  # the softmax net's own tokens, the ToST's U and Pi
+        }
+        for arm, (A0, A1) in pairs.items():
+            rc = lambda Y, b, P=P, U=U: wb.variational_compression_rate(Y.T, P[b], U, eps)  # noqa: E731
+            change = np.array([rc(A1[b], b) - rc(A0[b], b) for b in range(len(X))])
+            cos = []
+            for b in range(len(X)):
+                step = A1[b] - A0[b]
+                # the directional derivative by central differences, the gradient's norm from mcr2
+                slope = (rc(A0[b] + h * step, b) - rc(A0[b] - h * step, b)) / (2 * h)
+                g = wb.variational_compression_grad(A0[b].T, P[b], U, eps)
+                cos.append(-slope / (np.linalg.norm(step) * np.linalg.norm(g)))
+            cos = np.array(cos)
+            want = {"change_mean": change.mean(), "lowers_share": np.mean(change < 0),
+                    "cos_mean": cos.mean(), "cos2_mean": np.mean(cos**2)}  # fmt: skip
+            for key, value in want.items():
+                assert got[l][arm][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (l, arm, key)
+        # the trained arm is attention_substep's measurement
+        assert got[l]["trained"]["change_mean"] == pytest.approx(same[l]["attention_change"])
+        assert got[l]["trained"]["cos2_mean"] == pytest.approx(same[l]["cos2_mean"])
+    # without a control network: no softmax arm
+    alone = analysis.update_controls(tost, inter, eps, seed=3)
+    assert all(set(b) == {"trained", "random"} for b in alone)
+
+
+def test_summarize_counts_the_delta_r_jumps_and_the_controls_from_the_per_seed_reports(tiny_pair):
+    _, soft, X = tiny_pair
+    y = np.arange(len(X))
+    per_seed = []
+    for seed in (0, 1, 2):
+        net = ToSTClassifier(dim=16, depth=3, num_heads=2, dtype="float64", seed=seed)
+        for blk in net.blocks:
+            blk.params["gamma1"][...] = 0.5
+        report = {"trained": analysis.network_report(net, X, y, controls=True, control=soft)}
+        report["init"] = analysis.network_report(net, X, y)
+        per_seed.append({"seed": seed, **report})
+    out = analysis.summarize(per_seed)
+    claims, spread = out["claims"], out["spread"]
+    for l in range(2):  # boundaries 1|2 and 2|3: the same tokens Z_l under Pi_l and Pi_{l+1}
+        jumps = [r["trained"]["rates"][l + 1]["in"]["delta_R"]
+                 - r["trained"]["rates"][l]["out"]["delta_R"] for r in per_seed]  # fmt: skip
+        assert claims[f"trained_delta_R_jumps_up_at_boundary{l + 1}"]["seeds"] == [
+            s for s, j in zip((0, 1, 2), jumps) if j > 0
+        ]
+        assert spread["trained_delta_R_jump"][l]["mean"] == pytest.approx(
+            statistics.mean(jumps), abs=1e-4
+        )
+    ends = [(r["trained"]["rates"][2]["out"]["delta_R"], r["trained"]["rates"][0]["in"]["delta_R"])
+            for r in per_seed]  # fmt: skip
+    assert claims["trained_delta_R_rises_end_to_end"]["seeds"] == [
+        s for s, (b, a) in zip((0, 1, 2), ends) if b > a
+    ]
+    # the softmax network has two blocks: its arm exists where it has a block
+    ctl = [r["trained"]["controls"]["4"] for r in per_seed]
+    assert all("softmax" in c[1] and "softmax" not in c[2] for c in ctl)
+    assert "control_softmax_cos_mean_eps4" not in spread  # not in every block
+    beats = [
+        s for s, c in zip((0, 1, 2), ctl)
+        if c[0]["trained"]["change_mean"] < c[0]["random"]["change_mean"]
+        and c[0]["trained"]["cos_mean"] > c[0]["random"]["cos_mean"]
+    ]  # fmt: skip
+    assert claims["trained_block1_beats_random_eps4"]["seeds"] == beats
+    values = [c[0]["random"]["cos2_mean"] for c in ctl]
+    assert spread["control_random_cos2_mean_eps4"][0]["max"] == pytest.approx(max(values), abs=1e-4)

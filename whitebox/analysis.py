@@ -192,7 +192,91 @@ def attention_substep(model, inter, eps, per_image: bool = False) -> list[dict]:
                 "block_lowers_share": float(np.mean(r2 < r0)),
                 "cos_mean": float(cos.mean()),
                 "cos_std": float(cos.std()),
+                "cos2_mean": float((cos**2).mean()),
             }
+        )
+    return out
+
+
+def same_norm_random(delta, rng):
+    """(B, N, D) -> a random update with the same per-token norms as ``delta``: each token's
+    direction drawn uniformly on the sphere (a normalized Gaussian), its length kept."""
+    delta = np.asarray(to_numpy(delta), dtype=np.float64)
+    g = rng.normal(size=delta.shape)
+    g /= np.linalg.norm(g, axis=-1, keepdims=True)
+    return g * np.linalg.norm(delta, axis=-1, keepdims=True)
+
+
+def substep_effect(X0, X1, P, U, eps) -> dict:
+    """How an update X0 -> X1 (both (B, N, D)) changes R_c^var(. | Pi, U) at ``eps``, per image:
+    ``change`` R_c^var(X1) - R_c^var(X0), and ``cos``, the cosine of X1 - X0 with
+    -grad R_c^var(X0) over all N D entries; cos^2 is the share of the update's energy (squared
+    norm) along -grad R_c^var."""
+    X0, X1 = (np.asarray(to_numpy(X), np.float64) for X in (X0, X1))
+    grad = np.stack(
+        [mcr2.variational_compression_grad(x.T, p, U, eps).T for x, p in zip(X0, P)]
+    )  # (B, N, D)
+    step = (X1 - X0).reshape(len(X0), -1)
+    g = grad.reshape(len(X0), -1)
+    cos = -(step * g).sum(1) / (np.linalg.norm(step, axis=1) * np.linalg.norm(g, axis=1))
+    change = _rc_var(X1, P, U, eps) - _rc_var(X0, P, U, eps)
+    return {"change": change, "cos": cos}
+
+
+def _effect_summary(effect: dict) -> dict:
+    change, cos = effect["change"], effect["cos"]
+    return {
+        "change_mean": float(change.mean()),
+        "lowers_share": float(np.mean(change < 0)),
+        "cos_mean": float(cos.mean()),
+        "cos2_mean": float((cos**2).mean()),
+    }
+
+
+#: The updates :func:`update_controls` compares in each block (see there).
+CONTROL_ARMS = ("trained", "random", "softmax")
+
+
+def update_controls(model, inter, eps, control=None, control_inter=None, seed=0) -> list[dict]:
+    """Per TSSA block l, the attention update and two controls, each measured as in
+    :func:`attention_substep` (R_c^var of LN_1'd tokens with the ToST block's own U_l, QR
+    bases, and Pi_l held fixed; :func:`substep_effect`):
+
+    * ``trained``: the block's update, X_0 = LN_1(Z_{l-1}) -> X_1 = LN_1(Z_{l-1} + g_1 * A);
+    * ``random``: the same with g_1 * A replaced by a random update with the same per-token
+      norms (:func:`same_norm_random`, generator seeded by ``seed``): any update of that size;
+    * ``softmax``: (when ``control``, a network with softmax attention, and its intermediates
+      ``control_inter`` on the same images are given) the control network's own block-l update
+      of its own tokens, LN_1^s(Z^s_{l-1}) -> LN_1^s(Z^s_{l-1} + g_1^s * A^s), measured with the
+      ToST's U_l and Pi_l of the same images: a trained attention update not derived from
+      R_c^var.
+
+    Returns, per block, {arm: {change_mean, lowers_share, cos_mean, cos2_mean}} (means over
+    the images; cos2_mean: the mean share of the update's energy along -grad R_c^var)."""
+    rng = np.random.default_rng(seed)
+    toks, out = inter["tokens"], []
+    for l, blk in enumerate(model.blocks):
+        if inter["pi"][l] is None:
+            out.append(None)
+            continue
+        U = head_bases(blk)
+        X0 = blk.ln_1.forward(toks[l])
+        delta = blk.params["gamma1"] * blk.attn.forward(X0)
+        P = memberships(blk.attn.last_pi)
+        Z = np.asarray(to_numpy(toks[l]))
+        arms = {
+            "trained": (X0, blk.ln_1.forward(toks[l] + delta)),
+            "random": (X0, blk.ln_1.forward(Z + same_norm_random(delta, rng).astype(Z.dtype))),
+        }
+        if control is not None and l < len(control.blocks):
+            cb, ct = control.blocks[l], control_inter["tokens"][l]
+            X0s = cb.ln_1.forward(ct)
+            arms["softmax"] = (
+                X0s,
+                cb.ln_1.forward(ct + cb.params["gamma1"] * cb.attn.forward(X0s)),
+            )
+        out.append(
+            {k: _effect_summary(substep_effect(a, b, P, U, eps)) for k, (a, b) in arms.items()}
         )
     return out
 
@@ -201,10 +285,11 @@ def attention_substep(model, inter, eps, per_image: bool = False) -> list[dict]:
 #: D = 64; 4 = 0.5 sqrt(D) is the relative precision of EPS_UNIT, as in section 2 of chapter 10).
 EPS_PROFILE = 4.0
 #: What :func:`layer_profile` measures in block l: the TSSA's input X_0 = LN_1(Z_{l-1}), the
-#: TSSA's output A = TSSA(X_0) (before gamma_1 and the residual), the same A rescaled per image
+#: same X_0 rescaled per image to mean squared token length D (without the size the learned
+#: LayerNorm gain gives it), the TSSA's output A = TSSA(X_0) (before gamma_1 and the residual), the same A rescaled per image
 #: to the LayerNorm scale (mean squared token length D: its shape without its size), and the
 #: block's output LN_1(Z_l).
-PROFILE_REPS = ("in", "tssa_out", "tssa_out_scaled", "out")
+PROFILE_REPS = ("in", "in_scaled", "tssa_out", "tssa_out_scaled", "out")
 
 
 def projected_covariances(Z, P, U, centred: bool = False):
@@ -268,6 +353,14 @@ def rates_from_covariances(C, n_k, n, d, eps):
     return rc_var, rc_proj
 
 
+def rescale(Z):
+    """(B, N, D) -> float64, each image's tokens scaled by one factor to mean squared length D
+    (the LayerNorm scale without a learned gain): the shape of the tokens without their size."""
+    Z = np.asarray(to_numpy(Z), dtype=np.float64)
+    D = Z.shape[-1]
+    return Z * np.sqrt(D / (Z**2).sum(axis=-1).mean(axis=-1))[:, None, None]
+
+
 def layer_profile(model, X, eps=EPS_PROFILE) -> list[dict]:
     """Per TSSA block l, for each of :data:`PROFILE_REPS`, under the block's own Pi_l and its
     heads' projections U_l as :data:`BASIS_KINDS` says (means over the images ``X``):
@@ -291,8 +384,8 @@ def layer_profile(model, X, eps=EPS_PROFILE) -> list[dict]:
             X2 = blk.ln_1.forward(toks[l + 1])
             A = np.asarray(to_numpy(A), dtype=np.float64)
             D = A.shape[-1]
-            scale = np.sqrt(D / (A**2).sum(axis=-1).mean(axis=-1))  # (B,): one factor per image
-            reps = dict(zip(PROFILE_REPS, (X0, A, A * scale[:, None, None], X2)))
+            X0 = np.asarray(to_numpy(X0), dtype=np.float64)
+            reps = dict(zip(PROFILE_REPS, (X0, rescale(X0), A, rescale(A), X2)))
             bases = {kind: head_bases(blk, kind) for kind in BASIS_KINDS}
             row = {}
             for name, Z in reps.items():
@@ -367,8 +460,10 @@ def summarize_profile(per_seed) -> dict:
     return out
 
 
-def network_report(model, X, y) -> dict:
-    """Everything above for one network on images ``X`` (B, 1, 8, 8) with labels ``y``."""
+def network_report(model, X, y, controls: bool = False, control=None) -> dict:
+    """Everything above for one network on images ``X`` (B, 1, 8, 8) with labels ``y``;
+    ``controls``: also :func:`update_controls` at every precision of :data:`EPS_LN` (with the
+    softmax network ``control`` as the third arm when given)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
@@ -380,18 +475,29 @@ def network_report(model, X, y) -> dict:
         if any(p is not None for p in inter["pi"]):
             report["membership"] = [membership_stats(p, y) for p in inter["pi"]]
             report["substep"] = {f"{eps:g}": attention_substep(model, inter, eps) for eps in EPS_LN}
+            if controls:
+                c_inter = (
+                    None if control is None else control.forward(X, return_intermediates=True)[1]
+                )
+                report["controls"] = {
+                    f"{eps:g}": update_controls(model, inter, eps, control, c_inter)
+                    for eps in EPS_LN
+                }
     return report
 
 
-def digits_report(checkpoint) -> dict:
+def digits_report(checkpoint, control_checkpoint=None) -> dict:
     """:func:`network_report` of a digits checkpoint, trained and at initialization (the same
-    architecture and seed: the run's starting point), on the 450 test images."""
+    architecture and seed: the run's starting point), on the 450 test images; the trained ToST
+    also with the controls of :func:`update_controls` (``control_checkpoint``: a softmax
+    network's checkpoint for the third arm, e.g. the baseline of the same seed)."""
     from .models import build, load
     from .train import load_digits_split
 
     _, _, Xte, yte = load_digits_split()
     model = load(checkpoint)
-    report = {"trained": network_report(model, Xte, yte)}
+    control = load(control_checkpoint) if control_checkpoint is not None else None
+    report = {"trained": network_report(model, Xte, yte, controls=True, control=control)}
     if model.blocks[0].attn.__class__.__name__ != "SoftmaxAttention":
         report["init"] = network_report(build(model.config), Xte, yte)
     return report
@@ -483,7 +589,54 @@ def summarize(per_seed) -> dict:
                 > r["trained"]["rates"][l]["in"]["delta_R"]
             ),
         )
+    # Delta R across blocks: Z_l is block l's output (under Pi_l) and block l+1's input (under
+    # Pi_{l+1}); the jump at the boundary is the change of grouping alone, the tokens are the same
+    dR = lambda r, l, io: r["trained"]["rates"][l][io]["delta_R"]  # noqa: E731
+    spread["trained_delta_R_jump"] = [
+        _spread([dR(r, l + 1, "in") - dR(r, l, "out") for r in per_seed]) for l in range(L - 1)
+    ]
+    for l in range(L - 1):
+        claims[f"trained_delta_R_jumps_up_at_boundary{l + 1}"] = _count(
+            per_seed, lambda r, l=l: dR(r, l + 1, "in") > dR(r, l, "out")
+        )
+    claims["trained_delta_R_rises_end_to_end"] = _count(
+        per_seed, lambda r: dR(r, L - 1, "out") > dR(r, 0, "in")
+    )
+    if "controls" in per_seed[0]["trained"]:
+        _summarize_controls(per_seed, L, out)
     return out
+
+
+def _summarize_controls(per_seed, L, out) -> None:
+    """Spreads of :func:`update_controls` per arm and block, and per block the seeds in which
+    the trained update lowers R_c^var more, and lines up better with -grad R_c^var, than each
+    control; and in how many seeds each arm lowers R_c^var for every image."""
+    claims, spread = out["claims"], out["spread"]
+    ctl = lambda r, e, l: r["trained"]["controls"][e][l]  # noqa: E731
+    for eps in per_seed[0]["trained"]["controls"]:
+        arms = [  # an arm in every block of every seed (a shallower control has fewer blocks)
+            a for a in CONTROL_ARMS if all(a in ctl(r, eps, l) for r in per_seed for l in range(L))
+        ]
+        for arm in arms:
+            for key in ("change_mean", "lowers_share", "cos_mean", "cos2_mean"):
+                spread[f"control_{arm}_{key}_eps{eps}"] = [
+                    _spread([ctl(r, eps, l)[arm][key] for r in per_seed]) for l in range(L)
+                ]
+            for l in range(L):
+                claims[f"control_{arm}_block{l + 1}_lowers_rc_var_in_every_image_eps{eps}"] = (
+                    _count(
+                        per_seed, lambda r, l=l, a=arm, e=eps: ctl(r, e, l)[a]["lowers_share"] == 1
+                    )
+                )
+        for arm in arms[1:]:
+            for l in range(L):
+                claims[f"trained_block{l + 1}_beats_{arm}_eps{eps}"] = _count(
+                    per_seed,
+                    lambda r, l=l, a=arm, e=eps: (
+                        ctl(r, e, l)["trained"]["change_mean"] < ctl(r, e, l)[a]["change_mean"]
+                        and ctl(r, e, l)["trained"]["cos_mean"] > ctl(r, e, l)[a]["cos_mean"]
+                    ),
+                )
 
 
 class ClaimFailed(AssertionError):
