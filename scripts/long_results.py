@@ -29,7 +29,6 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -45,8 +44,12 @@ from whitebox.data import (  # noqa: E402
     make_majority,
     make_recall,
 )
-from whitebox.nn import AdamW, clip_grad_norm, cosine_lr, cross_entropy  # noqa: E402
+from whitebox.nn import cross_entropy  # noqa: E402
+from whitebox.optim import AdamW, clip_grad_norm, cosine_lr  # noqa: E402
 from whitebox.sequence import SequenceClassifier  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import machine  # noqa: E402  (the same record as the other results files)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -79,36 +82,6 @@ ATTENTIONS = ("tssa", "softmax")
 TUNE_TASK = "majority"
 MODEL_NAME = {"tssa": "tost", "softmax": "transformer"}
 _LISTOPS = {}  # filled in the parent before the workers fork
-
-
-def machine() -> dict:
-    """CPU, cores, BLAS and library versions: where the numbers were made."""
-    import scipy
-    import sklearn
-    from threadpoolctl import threadpool_info
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    blas = [
-        f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
-        for i in threadpool_info()
-        if i.get("user_api") == "blas"
-    ]
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "blas": blas,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__,
-    }
 
 
 # ---- data ----------------------------------------------------------------------------------------
