@@ -44,15 +44,15 @@ import argparse
 import ast
 import copy
 import hashlib
-import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+
+from whitebox.checkpoint import CheckpointWriteError, atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISES = ROOT / "exercises"
@@ -246,21 +246,9 @@ def committed(root: Path, path: Path) -> str | None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``text`` written atomically (``checkpoint.atomic_write``): a learner copy is never half
+    written; a new file gets the umask's mode, a replaced one keeps its own."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def back_up(path: Path, backups: Path) -> Path:
@@ -376,6 +364,9 @@ def main(argv: list[str], root: Path = ROOT) -> int:
     try:
         return build(args.check, args.force, root, args.strict)
     except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointWriteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -51,6 +51,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import CheckpointWriteError, atomic_write
+
 COLUMNS = ["submission", "exercise", "check", "status", "score", "max_score", "slips"]
 STATUSES = ("passed", "wrong", "error", "timeout", "not attempted")
 DEFAULT_TIMEOUT = 60.0
@@ -789,17 +791,8 @@ def feedback_of(outcome: Outcome) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``text`` written atomically (``checkpoint.atomic_write``: the umask's mode, no symlink)."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def gradebook_text(outcomes: list[Outcome]) -> str:
@@ -946,6 +939,9 @@ def main(argv: list[str] | None = None) -> int:
             _write_atomic(feedback_dir / name, feedback_of(outcome))
         replacing = out.exists()
         _write_atomic(out, gradebook_text(outcomes))
+    except CheckpointWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"error: cannot write {exc.filename or args.out}: {exc.strerror or exc}",
