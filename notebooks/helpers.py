@@ -551,3 +551,26 @@ def ch7_plot_jacobians(J_num, block_sizes, n_s, D_s, J_tokens):
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     plt.show()
+
+
+# ================================================================ chapters 8 to 13
+# (one section per chapter; a chapter's helpers go right under its own heading)
+
+# ---------------------------------------------------------------- chapter 8: causal TSSA
+# (chapter 8's helpers)
+
+
+# ---------------------------------------------------------------- chapter 9: training on digits
+# (chapter 9's helpers)
+
+
+# ---------------------------------------------------------------- chapter 10: inside the white box
+# (chapter 10's helpers)
+
+
+# ---------------------------------------------------------------- chapter 11: a language model
+# (chapter 11's helpers)
+
+
+# ---------------------------------------------------------------- chapter 13: long sequences
+# (chapter 13's helpers)
