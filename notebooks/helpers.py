@@ -573,4 +573,108 @@ def ch7_plot_jacobians(J_num, block_sizes, n_s, D_s, J_tokens):
 
 
 # ---------------------------------------------------------------- chapter 13: long sequences
-# (chapter 13's helpers)
+
+
+def ch13_table(runs):
+    """One line per results file: task, attention, length, mean +- std, majority share, seeds."""
+    key = lambda r: (r["task"], r["seq_len"], r["attention"])  # noqa: E731
+    for r in sorted(runs.values(), key=key):
+        vals = " ".join(f"{v:.3f}" for v in r["values"])
+        head = f"{r['task']:9s} {r['attention']:8s} n={r['seq_len']:6d}  mean {r['mean']:.3f}"
+        print(head + f" +- {r['std']:.3f}  majority {r['majority_class_share']:.3f}  seeds: {vals}")
+
+
+def ch13_limits(runs, tuning, margin=0.05):
+    """What the runs in ``results/long-*.json`` cover, read from the files (nothing typed in).
+
+    Returns a dict: ``shared_lengths`` (the lengths at which both attentions ran the same task),
+    ``lengths`` (attention -> the lengths it ran), ``longest`` (ToST's longest length) and
+    ``longest_seeds`` (task -> number of seeds there), ``shared_seeds`` (the fewest seeds of any
+    file at a shared length),
+    ``recall_at_chance`` ((attention, n) -> (seeds that do not beat the most frequent answer by
+    ``margin``, seeds)), ``steps`` (the step
+    budgets used), ``lrs`` (attention -> the learning rates used over all tasks) and ``tuned_on``
+    (the task and length the learning rates were chosen on)."""
+    rs = list(runs.values())
+    by = {}
+    for r in rs:
+        by.setdefault((r["task"], r["attention"]), set()).add(r["seq_len"])
+    tasks = {t for t, _ in by}
+    shared = set()
+    for t in tasks:
+        shared |= by.get((t, "tssa"), set()) & by.get((t, "softmax"), set())
+    tost = [r for r in rs if r["attention"] == "tssa"]
+    longest = max(r["seq_len"] for r in tost)
+    recall = [r for r in rs if r["task"] == "recall"]
+    return {
+        "shared_lengths": sorted(shared),
+        "lengths": {
+            a: sorted({r["seq_len"] for r in rs if r["attention"] == a})
+            for a in ("tssa", "softmax")
+        },
+        "longest": longest,
+        "longest_seeds": {r["task"]: len(r["values"]) for r in tost if r["seq_len"] == longest},
+        "shared_seeds": min(len(r["values"]) for r in rs if r["seq_len"] in shared),
+        "recall_at_chance": {
+            (r["attention"], r["seq_len"]): (
+                sum(v < r["majority_class_share"] + margin for v in r["values"]),
+                len(r["values"]),
+            )
+            for r in recall
+        },
+        "steps": sorted({r["steps"] for r in rs}),
+        "lrs": {
+            a: sorted({r["setting"]["lr"] for r in rs if r["attention"] == a})
+            for a in ("tssa", "softmax")
+        },
+        "tuned_on": (tuning["task"], tuning["tune_len"]),
+    }
+
+
+def ch13_say_limits(lim):
+    """The limits of ``ch13_limits`` as four plain sentences (printed)."""
+    say = lambda ns: " and ".join(f"{n:,}" for n in ns)  # noqa: E731
+    print(f"1. ToST and softmax attention were compared at n = {say(lim['shared_lengths'])} only "
+          f"(ToST ran at n = {say(lim['lengths']['tssa'])}, "
+          f"softmax attention at n = {say(lim['lengths']['softmax'])}).")  # fmt: skip
+    seeds = ", ".join(f"{k} seeds on {t}" for t, k in sorted(lim["longest_seeds"].items()))
+    print(f"2. ToST alone at n = {lim['longest']:,}: {seeds} "
+          f"(at least {lim['shared_seeds']} per run at n = {say(lim['shared_lengths'])}).")  # fmt: skip
+    chance = [f"{a} at n = {n:,} in {k} of {m} seeds"
+              for (a, n), (k, m) in sorted(lim["recall_at_chance"].items())]  # fmt: skip
+    print(f"3. the recall after {' or '.join(str(s) for s in lim['steps'])} steps is at chance "
+          "(not above the most frequent answer + 0.05): " + "; ".join(chance) + ".")  # fmt: skip
+    lrs = ", ".join(f"{a} {' and '.join(str(v) for v in vs)}" for a, vs in lim["lrs"].items())
+    task, n = lim["tuned_on"]
+    print(f"4. learning rates over every task and length: {lrs}; "
+          f"chosen on the task '{task}' at n = {n:,}.")  # fmt: skip
+
+
+def ch13_plot(runs, scaling):
+    """Accuracy (mean, worst-to-best bars), seconds and peak memory per step against n."""
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+    color, label = {"tssa": "C0", "softmax": "C3"}, {"tssa": "ToST", "softmax": "softmax"}
+    for task, marker in (("majority", "o"), ("recall", "s"), ("listops", "^")):
+        for a in ("tssa", "softmax"):
+            rs = sorted((r for r in runs.values() if (r["task"], r["attention"]) == (task, a)),
+                        key=lambda r: r["seq_len"])  # fmt: skip
+            n = [r["seq_len"] for r in rs]
+            m = np.array([r["mean"] for r in rs])
+            err = [m - [r["min"] for r in rs], [r["max"] for r in rs] - m]
+            ax[0].errorbar(n, m, yerr=err, marker=marker, capsize=3, color=color[a],
+                           label=f"{label[a]}, {task}")  # fmt: skip
+    ax[0].set(xscale="log", xlabel="tokens n", ylabel="test accuracy", ylim=(0, 1.05))
+    ax[0].legend(fontsize=7)
+    for a in ("tssa", "softmax"):
+        s = scaling["attention"][a]
+        n = [r["seq_len"] for r in s["rows"]]
+        ax[1].loglog(n, [r["seconds_per_step"] for r in s["rows"]], "o-", color=color[a],
+                     label=f"{label[a]}: slope {s['time_exponent']:.2f}")  # fmt: skip
+        ax[2].loglog(n, [r["peak_bytes"] / 2**20 for r in s["rows"]], "o-", color=color[a],
+                     label=f"{label[a]}: slope {s['memory_exponent']:.2f}")  # fmt: skip
+    ax[1].set(xlabel="tokens n", ylabel="seconds per training step")
+    ax[2].set(xlabel="tokens n", ylabel="peak memory of a step (MiB)")
+    for a_ in ax[1:]:
+        a_.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
