@@ -557,7 +557,134 @@ def ch7_plot_jacobians(J_num, block_sizes, n_s, D_s, J_tokens):
 # (one section per chapter; a chapter's helpers go right under its own heading)
 
 # ---------------------------------------------------------------- chapter 8: causal TSSA
-# (chapter 8's helpers)
+
+
+def ch8_random_params(D, H, block_size, rng, temp_range=(0.5, 2.0)):
+    """Causal TSSA parameters: chapter 7's (weights of order 1/sqrt(D), so that the statistics
+    are of order 1) plus a nonzero position bias denom_bias of shape (H, block_size, 1)."""
+    return {
+        "qkv.weight": rng.standard_normal((D, D)) / np.sqrt(D),
+        "qkv.bias": 0.1 * rng.standard_normal(D),
+        "temp": rng.uniform(*temp_range, size=(H, 1)),
+        "denom_bias": 0.1 * rng.standard_normal((H, block_size, 1)),
+        "proj.weight": rng.standard_normal((D, D)) / np.sqrt(D),
+        "proj.bias": 0.1 * rng.standard_normal(D),
+    }
+
+
+def _ch8_cache_bytes(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_ch8_cache_bytes(v) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(_ch8_cache_bytes(v) for v in obj)
+    return 0
+
+
+def ch8_cache_mib(Ts, D=32, H=2, seed=1):
+    """MiB of every array each causal layer's forward pass keeps in its cache (float32, B = 1),
+    for each length in Ts; also causal softmax attention's stored A (B, H, T, T) at the last length."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}  # noqa: E731
+    p_tssa = f32(ch8_random_params(D, H, max(Ts), rng))
+    p_soft = f32({"qkv.weight": rng.standard_normal((D, 3 * D)) / np.sqrt(D),
+                  "qkv.bias": np.zeros(3 * D), "proj.weight": p_tssa["proj.weight"],
+                  "proj.bias": p_tssa["proj.bias"]})  # fmt: skip
+    mib = {"causal TSSA": [], "causal softmax": []}
+    for T in Ts:
+        x = rng.standard_normal((1, T, D)).astype(np.float32)
+        _, c_tssa = wb.nn.causal_tssa_forward(x, p_tssa)
+        _, c_soft = wb.nn.softmax_attention_forward(x, p_soft, H, causal=True)
+        mib["causal TSSA"].append(_ch8_cache_bytes(c_tssa) / 2**20)
+        mib["causal softmax"].append(_ch8_cache_bytes(c_soft) / 2**20)
+    return {k: np.array(v) for k, v in mib.items()}, c_soft["attn"]
+
+
+def ch8_token_jacobians(T=24, D=8, H=2, seed=4):
+    """(T, T) norms of the blocks d out_t / d x_u of causal TSSA, causal softmax attention and
+    the non-causal TSSA layer, each from one batched backward pass (copy (t, d) of the sequence
+    gets the unit upstream gradient on out[t, d], so its dx is row (t, d) of the Jacobian)."""
+    nn = wb.nn
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, T, D))
+    pj = ch8_random_params(D, H, T, rng)
+    pj_soft = {"qkv.weight": rng.standard_normal((D, 3 * D)) / np.sqrt(D),
+               "qkv.bias": np.zeros(3 * D), "proj.weight": pj["proj.weight"],
+               "proj.bias": pj["proj.bias"]}  # fmt: skip
+    pj_nc = {k: v for k, v in pj.items() if k != "denom_bias"}
+    seeds = np.eye(T * D).reshape(T * D, T, D)
+    xb = np.repeat(x, T * D, axis=0)
+    norms = lambda dx: np.sqrt((dx.reshape(T, D, T, D) ** 2).sum(axis=(1, 3)))  # noqa: E731
+    jac = {}
+    _, c = nn.causal_tssa_forward(xb, pj)
+    jac["causal TSSA"] = norms(nn.causal_tssa_backward(seeds, c)[0])
+    _, c = nn.softmax_attention_forward(xb, pj_soft, H, causal=True)
+    jac["causal softmax attention"] = norms(nn.softmax_attention_backward(seeds, c)[0])
+    _, c = nn.tssa_forward(xb, pj_nc)
+    jac["non-causal TSSA"] = norms(nn.tssa_backward(seeds, c)[0])
+    return jac
+
+
+def ch8_plot_jacobians(jac):
+    """The (T, T) block norms of each layer side by side, log scale, exact zeros white."""
+    from matplotlib.colors import LogNorm
+
+    fig, axes = plt.subplots(1, len(jac), figsize=(15, 4.6))
+    vmin = min(Jb[Jb > 0].min() for Jb in jac.values())
+    vmax = max(Jb.max() for Jb in jac.values())
+    for ax, (name, Jb) in zip(axes, jac.items()):
+        im = ax.imshow(np.where(Jb > 0, Jb, np.nan), cmap="viridis", norm=LogNorm(vmin, vmax))
+        ax.set(title=name, xlabel="input token $u$", ylabel="output token $t$")
+    label = r"$\|\partial\,\mathrm{out}_t/\partial x_u\|_F$ (white = 0)"
+    fig.colorbar(im, ax=axes, fraction=0.02, label=label)
+    plt.show()
+
+
+def ch8_last_token_layers(T=64, D=12, H=3, seed=7):
+    """Causal and non-causal TSSA on one sequence, same weights, beta_T = 0, W_out = I and
+    b_out = 0 (so out = merge(v)). Returns w, Pi and the statistics y read off the outputs,
+    y = -Pi w / v - 1, all per head: w (H, T, p), pi_c, pi_nc (H, T), y_c (H, T, p), y_nc (H, p)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, T, D))
+    params = ch8_random_params(D, H, T, rng, temp_range=(2.0, 8.0))
+    params["denom_bias"][:, T - 1] = 0.0  # beta at the last position
+    params["proj.weight"], params["proj.bias"] = np.eye(D), np.zeros(D)  # out = merge(v)
+    params_nc = {k: v for k, v in params.items() if k != "denom_bias"}
+    out_c, cc = wb.nn.causal_tssa_forward(x, params)
+    out_nc, cn = wb.nn.tssa_forward(x, params_nc)
+    heads = lambda a: a.reshape(T, H, D // H).transpose(1, 0, 2)  # noqa: E731
+    w = heads(x[0] @ params["qkv.weight"] + params["qkv.bias"])
+    pi_c, pi_nc = cc["pi"][0], cn["pi"][0]
+    y_c = -pi_c[..., None] * w / heads(out_c[0]) - 1  # one set of statistics per prefix
+    y_nc = (-pi_nc[..., None] * w / heads(out_nc[0]) - 1)[:, 0]  # the same for every token
+    return dict(w=w, pi_c=pi_c, pi_nc=pi_nc, y_c=y_c, y_nc=y_nc, out_c=out_c, out_nc=out_nc)
+
+
+def ch8_plot_last_token(r):
+    """Left: the membership of head 0, causal (solid) and non-causal (dashed); right: the running
+    statistics y_ht1 of each head against the non-causal y_h1 (dashed)."""
+    H, T = r["pi_c"].shape
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    t_axis = np.arange(1, T + 1)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    axes[0].plot(t_axis, r["pi_c"][0], color=colors[0], label="causal")
+    axes[0].plot(t_axis, r["pi_nc"][0], "--", color=colors[1], label="non-causal")
+    axes[0].plot(T, r["pi_c"][0, -1], "ko", ms=5, label="$t = T$: equal")
+    axes[0].axhline(1 / H, color="gray", lw=0.8, ls=":", label="$1/H$")
+    for h in range(H):
+        axes[1].plot(t_axis, r["y_c"][h, :, 0], color=colors[h], label=f"head {h}: running $y_t$")
+        axes[1].axhline(r["y_nc"][h, 0], ls="--", color=colors[h], alpha=0.7)
+    axes[0].set(
+        xlabel="token $t$", ylabel=r"$\Pi_{0t}$", title=r"membership of head 0 ($\beta_T = 0$)"
+    )
+    axes[1].set(
+        xlabel="token $t$", ylabel=r"$y_{ht1}$", title="running statistics (dashed: non-causal)"
+    )
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
 
 
 # ---------------------------------------------------------------- chapter 9: training on digits
