@@ -36,7 +36,7 @@ EXPECTED = [
     "index.html",
     "notebooks/README.html",
     *(f"notebooks/{p.stem}.html" for p in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))),
-    *(f"exercises/{p.stem}.html" for p in sorted((ROOT / "exercises").glob("[0-9]*.ipynb"))),
+    *(f"exercises/{p.stem}.html" for p in sorted((ROOT / "exercises").glob("ex[0-9]*.ipynb"))),
     *(f"notebooks/answers/{p.stem}.html" for p in sorted(ROOT.glob("notebooks/answers/*.md"))),
 ]
 
