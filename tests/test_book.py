@@ -256,7 +256,7 @@ const start = Date.now();
 })();
 """
     )
-    assert any("01_coding_rate" in h for h in found), found[:10]
+    assert any("notebooks/01_coding_rate.html" in h for h in found), found[:10]
 
 
 def test_the_checks_catch_a_broken_page(browser, server, site, tmp_path):

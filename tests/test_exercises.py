@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import nbformat
 import numpy as np
@@ -123,7 +123,7 @@ def test_no_exercise_shares_a_file_name_with_a_chapter():
     chapters = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
     assert {"01_coding_rate.ipynb", "03_gradient.ipynb"} <= chapters  # the names that collided
     assert not chapters & set(NAMES)
-    assert all(n.startswith("ex") and n[2:] not in chapters for n in NAMES)
+    assert all(n.startswith("ex") for n in NAMES)
     for name in NAMES:
         nb = nbformat.read(EXERCISES / name, as_version=4)
         exercise = nb.metadata["whitebox"]["exercise"]
@@ -645,6 +645,40 @@ def test_chapter_links_point_at_existing_chapters(name):
             pytest.fail(
                 f"{name} links to {target.name}, but chapter {number} is {chapters[0].name}"
             )
+
+
+def _sphinx_match(name: str, pattern: str) -> bool:
+    """Sphinx's glob for include_patterns and toctree :glob: (``*`` stays within a folder)."""
+    a, b = PurePosixPath(name), PurePosixPath(pattern)
+    return len(a.parts) == len(b.parts) and a.match(pattern)
+
+
+def test_the_book_names_every_exercise_file_and_no_chapter_as_one():
+    """book/conf.py makes the exercises and their solutions pages (include_patterns) and
+    book/index.md lists them in the table of contents (toctree :glob:), under their file names;
+    the exercises' patterns pick no chapter."""
+    conf = ast.parse((ROOT / "book" / "conf.py").read_text(encoding="utf-8"))
+    include = next(
+        ast.literal_eval(node.value)
+        for node in conf.body
+        if isinstance(node, ast.Assign) and node.targets[0].id == "include_patterns"
+    )
+    index = (ROOT / "book" / "index.md").read_text(encoding="utf-8")
+    toc = [ln.strip() for ln in index.splitlines() if ln.strip().startswith("exercises/")]
+    files = [f"exercises/{n}" for n in NAMES] + [f"exercises/solutions/{n}" for n in NAMES]
+    for path in files:
+        assert any(_sphinx_match(path, p) for p in include), f"{path} is not a page of the book"
+        docname = path.removesuffix(".ipynb")
+        assert any(_sphinx_match(docname, p) for p in toc), f"{docname} is in no toctree"
+    chapters = [f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")]
+    # an exercise under its old name (a chapter's name) is no page either
+    chapters += [f"exercises/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")]
+    exercise_patterns = [p for p in include + toc if p.startswith("exercises/")]
+    for path in chapters:
+        for p in exercise_patterns:
+            assert not _sphinx_match(path, p) and not _sphinx_match(path[:-6], p), (path, p)
+    assert _sphinx_match("exercises/ex01_coding_rate", "exercises/ex[0-9]*")
+    assert not _sphinx_match("exercises/solutions/ex01_coding_rate", "exercises/ex[0-9]*")
 
 
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
