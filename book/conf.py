@@ -34,8 +34,8 @@ include_patterns = [
     "notebooks/[0-9]*.ipynb",
     "notebooks/answers/*.md",
     "exercises/README.md",
-    "exercises/[0-9]*.ipynb",
-    "exercises/solutions/[0-9]*.ipynb",
+    "exercises/ex[0-9]*.ipynb",
+    "exercises/solutions/ex[0-9]*.ipynb",
     "docs/*.md",
     "README.md",
 ]

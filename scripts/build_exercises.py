@@ -1,14 +1,14 @@
 """Generate the learner copies of the exercises from their instructor sources.
 
-    python scripts/build_exercises.py            # write exercises/NN_*.ipynb (never your answers)
+    python scripts/build_exercises.py            # write exercises/exNN_*.ipynb (never your answers)
     python scripts/build_exercises.py --force    # also replace copies you edited (kept in backups/)
     python scripts/build_exercises.py --check    # exit 1 when a learner copy is stale or missing
     python scripts/build_exercises.py --check --strict  # also when one holds answers (CI)
 
 One source of truth: the instructor source of exercise NN is its worked solution,
-``exercises/solutions/NN_topic.ipynb``. Inside its code cells the lines between
+``exercises/solutions/exNN_topic.ipynb``. Inside its code cells the lines between
 ``### BEGIN SOLUTION`` and ``### END SOLUTION`` are the answer (nbgrader's convention); the
-learner copy ``exercises/NN_topic.ipynb`` replaces each region, at the region's indentation, by
+learner copy ``exercises/exNN_topic.ipynb`` replaces each region, at the region's indentation, by
 
     # TODO: your code here
     raise NotImplementedError
@@ -20,7 +20,9 @@ are rewritten for the learner copy's place (``../``). The output is a function o
 alone, so ``--check`` can compare it byte for byte.
 
 Metadata for the grader (``python -m whitebox.grade``): the notebook's
-``metadata.whitebox = {"exercise": "NN_topic", "version": V}``, where V is a hash of the
+``metadata.whitebox = {"exercise": "NN_topic", "version": V}`` (the exercise is named without
+the file's ``ex``, which only tells its JupyterLab tab apart from chapter NN's
+``notebooks/NN_*.ipynb``; see ``whitebox.grade.file_name``), where V is a hash of the
 generated copy itself (with V blank), and each cell's ``metadata.whitebox.role``: ``answer``
 (a code region to fill in), ``written`` (a markdown answer), ``check`` (calls a checker) or
 ``experiment`` (a given cell after the first answer that does more than import and define:
@@ -30,7 +32,9 @@ A learner's work is never lost. A learner copy is *pristine* when it is exactly 
 wrote (its version hash still matches it), or a copy from before the version metadata that is
 exactly what git has committed; only pristine copies are replaced. A copy that differs
 (answers filled in, or only run; committed or not) is kept as it is and the build says so;
-``--force`` first moves it to ``exercises/backups/NN_topic-<time>.ipynb``.
+``--force`` first moves it to ``exercises/backups/exNN_topic-<time>.ipynb``. A learner copy
+under its name from before the ``ex`` prefix (``exercises/NN_topic.ipynb``) is never touched: the
+build says where its exercise lives now (it still grades, the grader reads the metadata).
 ``--check`` compares the generator's output with the learner copy when it is pristine, and with
 the committed copy (``git show HEAD:...``) when the learner has edited it, so it never condemns
 a learner's answers and still catches a stale committed copy; when the learner has committed
@@ -53,6 +57,7 @@ from pathlib import Path
 import nbformat
 
 from whitebox.checkpoint import CheckpointWriteError, atomic_write
+from whitebox.grade import exercise_of, file_name
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISES = ROOT / "exercises"
@@ -145,7 +150,7 @@ def defines_only(source: str) -> bool:
 
 def learner_notebook(source_nb, name: str):
     """The learner copy of one instructor notebook (a new object). ``name`` is the source's
-    path; its stem names the exercise in the copy's metadata."""
+    path; its stem without the ``ex`` prefix names the exercise in the copy's metadata."""
     nb = copy.deepcopy(source_nb)
     cells = []
     regions = 0
@@ -184,7 +189,7 @@ def learner_notebook(source_nb, name: str):
         # what a fresh kernel writes (scripts/run_notebooks.py), so opening a copy unedited
         # leaves it clean
         language_info=source_nb.metadata.get("language_info", LANGUAGE_INFO),
-        whitebox={"exercise": Path(name).stem, "version": ""},
+        whitebox={"exercise": exercise_of(name), "version": ""},
     )
     nb.metadata.whitebox["version"] = version_of(nb)
     return nb
@@ -269,7 +274,7 @@ def back_up(path: Path, backups: Path) -> Path:
 
 
 def sources(root: Path = ROOT) -> list[Path]:
-    return sorted((root / "exercises" / "solutions").glob("[0-9][0-9]_*.ipynb"))
+    return sorted((root / "exercises" / "solutions").glob("ex[0-9][0-9]_*.ipynb"))
 
 
 def build(check: bool, force: bool = False, root: Path = ROOT, strict: bool = False) -> int:
@@ -316,9 +321,23 @@ def build(check: bool, force: bool = False, root: Path = ROOT, strict: bool = Fa
             print(f"moved your version of {shown} to {backup.relative_to(root)}")
         write_atomic(target, text)
         print(f"wrote {shown}")
-    for learner in sorted(exercises.glob("[0-9][0-9]_*.ipynb")):
+    for learner in sorted(exercises.glob("ex[0-9][0-9]_*.ipynb")):
         if learner.name not in expected_names:
             problems.append(f"{learner.relative_to(root)} has no solution in exercises/solutions/")
+    for old in sorted(exercises.glob("[0-9][0-9]_*.ipynb")):  # a name from before the prefix
+        new = file_name(old.stem)
+        shown = old.relative_to(root)
+        if new not in expected_names:
+            problems.append(f"{shown} has no solution in exercises/solutions/")
+            continue
+        message = (
+            f"{shown} has the exercise's old name: it is exercises/{new} now (so that its "
+            f"tab differs from chapter {old.stem[:2]}'s). Your work in {shown} is kept and "
+            "still grades; to go on in the new file, copy your answers into it (or move it "
+            "there once the new copy holds nothing of yours)."
+        )
+        # a stray file for CI; a learner's own work otherwise
+        (problems if check and strict else notes).append(message)
     for note in notes:
         print(note)
     if kept:

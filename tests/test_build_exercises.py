@@ -12,8 +12,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from whitebox import grade
+
 ROOT = Path(__file__).resolve().parent.parent
-NAME = "01_coding_rate.ipynb"
+NAME = "ex01_coding_rate.ipynb"
 
 
 def _load_build_module():
@@ -153,7 +155,7 @@ def test_force_backs_up_the_learners_version_first(repo, capsys):
     assert build.main(["--force"], repo) == 0
     backups = sorted((repo / "exercises" / "backups").iterdir())
     assert len(backups) == 1 and backups[0].read_bytes() == mine
-    assert backups[0].name.startswith("01_coding_rate-") and backups[0].suffix == ".ipynb"
+    assert backups[0].name.startswith("ex01_coding_rate-") and backups[0].suffix == ".ipynb"
     assert build.self_consistent(learner(repo).read_text(encoding="utf-8"))
     assert "moved your version" in capsys.readouterr().out
     # a second forced build with new answers keeps the first backup and adds another
@@ -193,6 +195,46 @@ def test_check_catches_a_stale_committed_copy_under_an_edited_one(repo, capsys):
     answer(learner(repo))
     assert build.build(check=True, root=repo) == 1
     assert f"the committed exercises/{NAME} is out of date" in capsys.readouterr().err
+
+
+def test_a_copy_under_its_old_name_is_kept_and_pointed_to_the_new_one(repo, capsys):
+    """A learner who started exercise 1 before the ``ex`` prefix has their work in
+    exercises/01_coding_rate.ipynb: no build (not even --force) touches it, the build says where
+    the exercise lives now, and only --check --strict (CI) counts it as a stray file."""
+    old = repo / "exercises" / "01_coding_rate.ipynb"
+    shutil.copy(learner(repo), old)
+    answer(old)
+    mine, new = old.read_bytes(), learner(repo).read_bytes()
+    capsys.readouterr()
+    for argv in ([], ["--force"], ["--check"]):
+        assert build.main(argv, repo) == 0, argv
+        out = capsys.readouterr().out
+        assert "exercises/01_coding_rate.ipynb has the exercise's old name" in out, argv
+        assert f"exercises/{NAME} now" in out and "still grades" in out
+        assert old.read_bytes() == mine and learner(repo).read_bytes() == new
+    assert not (repo / "exercises" / "backups").exists()
+    assert build.main(["--check", "--strict"], repo) == 1
+    assert "01_coding_rate.ipynb has the exercise's old name" in capsys.readouterr().err
+    assert nbformat.read(old, as_version=4).metadata["whitebox"]["exercise"] == "01_coding_rate"
+
+
+def test_a_stray_copy_without_a_source_fails_the_check(repo, capsys):
+    for name in ("ex42_nothing.ipynb", "42_nothing.ipynb"):  # new style and old style
+        shutil.copy(learner(repo), repo / "exercises" / name)
+        assert build.build(check=True, root=repo) == 1
+        assert f"exercises/{name} has no solution" in capsys.readouterr().err
+        (repo / "exercises" / name).unlink()
+
+
+def test_the_exercise_is_the_file_name_without_its_prefix():
+    assert build.exercise_of("exercises/solutions/ex01_coding_rate.ipynb") == "01_coding_rate"
+    assert build.exercise_of("ex10_training_questions.ipynb") == "10_training_questions"
+    assert build.exercise_of("class/01_coding_rate.ipynb") == "01_coding_rate"  # an old name
+    assert build.exercise_of("extra_notes.ipynb") == "extra_notes"  # "ex" alone is no prefix
+    assert build.file_name("03_gradient") == "ex03_gradient.ipynb"
+    assert [p.name for p in build.sources(ROOT)] == sorted(
+        build.file_name(e) for e in grade.EXERCISES
+    )
 
 
 def test_check_leaves_committed_answers_alone_unless_strict(repo, capsys):
@@ -246,7 +288,7 @@ def test_the_generated_copies_are_lint_clean(tmp_path):
     (tmp_path / "exercises").mkdir()
     shutil.copytree(ROOT / "exercises" / "solutions", tmp_path / "exercises" / "solutions")
     assert build.build(check=False, root=tmp_path) == 0
-    copies = sorted(str(p) for p in (tmp_path / "exercises").glob("[0-9][0-9]_*.ipynb"))
+    copies = sorted(str(p) for p in (tmp_path / "exercises").glob("ex[0-9][0-9]_*.ipynb"))
     assert len(copies) == len(build.sources(ROOT))
     config = ["--config", str(ROOT / "pyproject.toml")]
     for command in (["check"], ["format", "--check"]):
@@ -269,8 +311,8 @@ def test_roles_of_the_cells():
     nb.cells.insert(
         2, nbformat.v4.new_markdown_cell("Why?\n\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION")
     )
-    out = build.learner_notebook(nb, "exercises/solutions/99_thing.ipynb")
+    out = build.learner_notebook(nb, "exercises/solutions/ex99_thing.ipynb")
     roles = [c.metadata.get("whitebox", {}).get("role") for c in out.cells]
     assert roles == [None, "answer", "written", "check", None, "experiment"]
-    assert out.metadata["whitebox"]["exercise"] == "99_thing"
+    assert out.metadata["whitebox"]["exercise"] == "99_thing"  # the name without its "ex"
     assert "*Your answer here.*" in out.cells[2].source and "Because" not in out.cells[2].source

@@ -12,32 +12,33 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import nbformat
 import numpy as np
 import pytest
 
 from whitebox import exercise_checks as ec
+from whitebox import grade
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISES = ROOT / "exercises"
 SOLUTIONS = EXERCISES / "solutions"
 
 NAMES = [
-    "01_coding_rate.ipynb",
-    "02_variational_compression.ipynb",
-    "03_gradient.ipynb",
-    "04_tssa_step_membership.ipynb",
-    "05_tssa_forward.ipynb",
-    "06_tssa_backward.ipynb",
-    "07_causal_tssa.ipynb",
-    "08_complexity.ipynb",
-    "09_unrolled_questions.ipynb",
-    "10_training_questions.ipynb",
+    "ex01_coding_rate.ipynb",
+    "ex02_variational_compression.ipynb",
+    "ex03_gradient.ipynb",
+    "ex04_tssa_step_membership.ipynb",
+    "ex05_tssa_forward.ipynb",
+    "ex06_tssa_backward.ipynb",
+    "ex07_causal_tssa.ipynb",
+    "ex08_complexity.ipynb",
+    "ex09_unrolled_questions.ipynb",
+    "ex10_training_questions.ipynb",
 ]
 #: Reasoning questions (CS231n's inline questions): no function to write, written answers only.
-QUESTIONS = ["09_unrolled_questions.ipynb", "10_training_questions.ipynb"]
+QUESTIONS = ["ex09_unrolled_questions.ipynb", "ex10_training_questions.ipynb"]
 PRESENT = [n for n in NAMES if (SOLUTIONS / n).exists()]
 
 
@@ -110,8 +111,25 @@ def _run_checker(ns, statement):
 
 
 def test_every_exercise_has_a_solution_and_a_learner_copy():
-    assert [p.name for p in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))] == NAMES
-    assert [p.name for p in sorted(EXERCISES.glob("[0-9][0-9]_*.ipynb"))] == NAMES
+    """Exactly the ten notebooks in each folder: none left under a name from before the ``ex``
+    prefix."""
+    assert [p.name for p in sorted(SOLUTIONS.glob("*.ipynb"))] == NAMES
+    assert [p.name for p in sorted(EXERCISES.glob("*.ipynb"))] == NAMES
+
+
+def test_no_exercise_shares_a_file_name_with_a_chapter():
+    """JupyterLab names a tab by the file name alone: chapter 1 and exercise 1 open side by side
+    must be told apart. Each exercise's file is its metadata's exercise with the prefix."""
+    chapters = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert {"01_coding_rate.ipynb", "03_gradient.ipynb"} <= chapters  # the names that collided
+    assert not chapters & set(NAMES)
+    assert all(n.startswith("ex") for n in NAMES)
+    for name in NAMES:
+        nb = nbformat.read(EXERCISES / name, as_version=4)
+        exercise = nb.metadata["whitebox"]["exercise"]
+        assert exercise == name[len("ex") : -len(".ipynb")], name  # the identity, unchanged
+        assert grade.file_name(exercise) == name and grade.exercise_of(name) == exercise
+        assert exercise in grade.EXERCISES
 
 
 def test_learner_copies_are_up_to_date():
@@ -173,170 +191,170 @@ def test_learner_copy_runs_clean_and_reports_not_implemented(name):
 
 # (notebook, [(text in the worked solution, planted replacement), ...], checker, the slip to name)
 PLANTED = [
-    ("01_coding_rate.ipynb", [("return 0.5 * logdet", "return logdet")], "check_coding_rate",
+    ("ex01_coding_rate.ipynb", [("return 0.5 * logdet", "return logdet")], "check_coding_rate",
      "a missing ½"),
-    ("01_coding_rate.ipynb", [("d / (n * eps**2)", "d / (n * eps)")], "check_coding_rate",
+    ("ex01_coding_rate.ipynb", [("d / (n * eps**2)", "d / (n * eps)")], "check_coding_rate",
      "ε instead of ε²"),
-    ("01_coding_rate.ipynb", [("d / (n_k * eps**2)", "d / (n * eps**2)")],
+    ("ex01_coding_rate.ipynb", [("d / (n_k * eps**2)", "d / (n * eps**2)")],
      "check_compression_rate", "n instead of n_k"),
-    ("02_variational_compression.ipynb", [('"kdp,dn->kpn", U, Z', '"kpd,dn->kpn", U, Z')],
+    ("ex02_variational_compression.ipynb", [('"kdp,dn->kpn", U, Z', '"kpd,dn->kpn", U, Z')],
      "check_token_statistics", "a transposed U"),
-    ("02_variational_compression.ipynb", [("return V", "return V.transpose(0, 2, 1)")],
+    ("ex02_variational_compression.ipynb", [("return V", "return V.transpose(0, 2, 1)")],
      "check_eigenbases", "a transposed U"),
-    ("03_gradient.ipynb", [('"kdp,kpn->dn", U, W) / n', '"kdp,kpn->dn", U, W)')],
+    ("ex03_gradient.ipynb", [('"kdp,kpn->dn", U, W) / n', '"kdp,kpn->dn", U, W)')],
      "check_variational_compression_grad", "a missing 1/n"),
-    ("03_gradient.ipynb", [("(f(Z_plus) - f(Z_minus)) / (2 * h)", "(f(Z_plus) - f(Z)) / h")],
+    ("ex03_gradient.ipynb", [("(f(Z_plus) - f(Z_minus)) / (2 * h)", "(f(Z_plus) - f(Z)) / h")],
      "check_numerical_gradient", "a forward difference"),
-    ("04_tssa_step_membership.ipynb", [("e.sum(axis=1, keepdims=True)", "e.sum(axis=0, keepdims=True)")],
+    ("ex04_tssa_step_membership.ipynb", [("e.sum(axis=1, keepdims=True)", "e.sum(axis=0, keepdims=True)")],
      "check_estimate_membership", "the softmax over the wrong axis"),
-    ("04_tssa_step_membership.ipynb", [("return Z - tau * update", "return Z + tau * update")],
+    ("ex04_tssa_step_membership.ipynb", [("return Z - tau * update", "return Z + tau * update")],
      "check_tssa_step", "a plus sign"),
-    ("05_tssa_forward.ipynb", [('x @ params["qkv.weight"] +', 'x @ params["qkv.weight"].T +')],
+    ("ex05_tssa_forward.ipynb", [('x @ params["qkv.weight"] +', 'x @ params["qkv.weight"].T +')],
      "check_tssa_forward", "a transposed projection W_qkv"),
-    ("05_tssa_forward.ipynb", [("np.exp(scores).sum(axis=1, keepdims=True)", "np.exp(scores).sum(axis=2, keepdims=True)")],
+    ("ex05_tssa_forward.ipynb", [("np.exp(scores).sum(axis=1, keepdims=True)", "np.exp(scores).sum(axis=2, keepdims=True)")],
      "check_tssa_forward", "the softmax over the wrong axis"),
-    ("05_tssa_forward.ipynb", [("(pi.sum(axis=2, keepdims=True) + 1e-8)", "pi.sum(axis=2, keepdims=True)")],
+    ("ex05_tssa_forward.ipynb", [("(pi.sum(axis=2, keepdims=True) + 1e-8)", "pi.sum(axis=2, keepdims=True)")],
      "check_tssa_forward", "a forgotten 1e-8"),
-    ("05_tssa_forward.ipynb", [("w / np.maximum(norm, 1e-12)", "w / norm")],
+    ("ex05_tssa_forward.ipynb", [("w / np.maximum(norm, 1e-12)", "w / norm")],
      "check_tssa_forward", "a forgotten 1e-12 floor"),
-    ("05_tssa_forward.ipynb", [("w.reshape(B, n, H, p).transpose(0, 2, 1, 3)", "w.reshape(B, H, n, p)")],
+    ("ex05_tssa_forward.ipynb", [("w.reshape(B, n, H, p).transpose(0, 2, 1, 3)", "w.reshape(B, H, n, p)")],
      "check_tssa_forward", "heads split without the transpose"),
-    ("06_tssa_backward.ipynb", [('cache["v_flat"].reshape(-1, D).T @ dout.reshape(-1, D)',
+    ("ex06_tssa_backward.ipynb", [('cache["v_flat"].reshape(-1, D).T @ dout.reshape(-1, D)',
                                  'dout.reshape(-1, D).T @ cache["v_flat"].reshape(-1, D)')],
      "check_tssa_backward", "a transposed weight gradient"),
-    ("06_tssa_backward.ipynb", [("(dpi * pi).sum(axis=1, keepdims=True)", "(dpi * pi).sum(axis=2, keepdims=True)")],
+    ("ex06_tssa_backward.ipynb", [("(dpi * pi).sum(axis=1, keepdims=True)", "(dpi * pi).sum(axis=2, keepdims=True)")],
      "check_tssa_backward", "the softmax backward over the wrong axis"),
-    ("06_tssa_backward.ipynb", [("dw += dnorm * w / denom", "dw += 0 * dnorm")],
+    ("ex06_tssa_backward.ipynb", [("dw += dnorm * w / denom", "dw += 0 * dnorm")],
      "check_tssa_backward", "the column norm treated as a constant"),
-    ("06_tssa_backward.ipynb", [("dy = -(g**2) * dg", "dy = 0 * dg")],
+    ("ex06_tssa_backward.ipynb", [("dy = -(g**2) * dg", "dy = 0 * dg")],
      "check_tssa_backward", "y treated as a constant"),
-    ("07_causal_tssa.ipynb", [("np.cumsum(pi[..., None] * w_sq, axis=2)", "(pi[..., None] * w_sq).sum(axis=2, keepdims=True)"),
+    ("ex07_causal_tssa.ipynb", [("np.cumsum(pi[..., None] * w_sq, axis=2)", "(pi[..., None] * w_sq).sum(axis=2, keepdims=True)"),
                               ("np.cumsum(pi, axis=2) + 1e-8", "pi.sum(axis=2, keepdims=True) + 1e-8")],
      "check_causal_tssa_forward", "the statistics y see the future"),
-    ("07_causal_tssa.ipynb", [("+ p * beta", "+ beta")],
+    ("ex07_causal_tssa.ipynb", [("+ p * beta", "+ beta")],
      "check_causal_tssa_forward", "β added once instead of once per feature"),
-    ("08_complexity.ipynb", [("np.polyfit(np.log(ns), np.log(times), 1)", "np.polyfit(ns, times, 1)")],
+    ("ex08_complexity.ipynb", [("np.polyfit(np.log(ns), np.log(times), 1)", "np.polyfit(ns, times, 1)")],
      "check_fit_exponent", "a fit of t against n"),
 ]  # fmt: skip
 
 # The slips students really make (issue 11): each planted here must fail AND be named.
 PLANTED += [
     # a wrong logarithm base
-    ("01_coding_rate.ipynb", [("return 0.5 * logdet", "return 0.5 * np.log2(np.linalg.det(A))")],
+    ("ex01_coding_rate.ipynb", [("return 0.5 * logdet", "return 0.5 * np.log2(np.linalg.det(A))")],
      "check_coding_rate", "the logarithm in base 2 instead of the natural one"),
-    ("01_coding_rate.ipynb", [("total += n_k / (2 * n) * logdet", "total += n_k / (2 * n) * logdet / np.log(10)")],
+    ("ex01_coding_rate.ipynb", [("total += n_k / (2 * n) * logdet", "total += n_k / (2 * n) * logdet / np.log(10)")],
      "check_compression_rate", "the logarithm in base 10 instead of the natural one"),
-    ("02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log2(1 + d / eps**2 * y)")],
+    ("ex02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log2(1 + d / eps**2 * y)")],
      "check_variational_compression_rate", "the logarithm in base 2 instead of the natural one"),
     # a centred covariance, or 1/(n - 1)
-    ("01_coding_rate.ipynb", [("A = np.eye(d) + d / (n * eps**2) * (Z @ Z.T)",
+    ("ex01_coding_rate.ipynb", [("A = np.eye(d) + d / (n * eps**2) * (Z @ Z.T)",
                                "Zc = Z - Z.mean(axis=1, keepdims=True)\n    A = np.eye(d) + d / (n * eps**2) * (Zc @ Zc.T)")],
      "check_coding_rate", "a centred covariance"),
-    ("01_coding_rate.ipynb", [("d / (n * eps**2) * (Z @ Z.T)", "d / eps**2 * np.cov(Z)")],
+    ("ex01_coding_rate.ipynb", [("d / (n * eps**2) * (Z @ Z.T)", "d / eps**2 * np.cov(Z)")],
      "check_coding_rate", "np.cov (centred, and 1/(n − 1))"),
-    ("01_coding_rate.ipynb", [("d / (n * eps**2)", "d / ((n - 1) * eps**2)")],
+    ("ex01_coding_rate.ipynb", [("d / (n * eps**2)", "d / ((n - 1) * eps**2)")],
      "check_coding_rate", "1/(n − 1) instead of 1/n"),
-    ("01_coding_rate.ipynb", [("cov = (Z * pi_k) @ Z.T", "Zc = Z - (Z @ pi_k / n_k)[:, None]\n        cov = (Zc * pi_k) @ Zc.T")],
+    ("ex01_coding_rate.ipynb", [("cov = (Z * pi_k) @ Z.T", "Zc = Z - (Z @ pi_k / n_k)[:, None]\n        cov = (Zc * pi_k) @ Zc.T")],
      "check_compression_rate", "a centred group covariance"),
-    ("01_coding_rate.ipynb", [("d / (n_k * eps**2)", "d / ((n_k - 1) * eps**2)")],
+    ("ex01_coding_rate.ipynb", [("d / (n_k * eps**2)", "d / ((n_k - 1) * eps**2)")],
      "check_compression_rate", "1/(n_k − 1) instead of 1/n_k"),
-    ("02_variational_compression.ipynb", [('return np.einsum("kpn,nk->kp", UtZ**2, Pi) / n_k[:, None]',
+    ("ex02_variational_compression.ipynb", [('return np.einsum("kpn,nk->kp", UtZ**2, Pi) / n_k[:, None]',
                                            'UtZ = UtZ - (np.einsum("kpn,nk->kp", UtZ, Pi) / n_k[:, None])[:, :, None]\n'
                                            '    return np.einsum("kpn,nk->kp", UtZ**2, Pi) / n_k[:, None]')],
      "check_token_statistics", "a centred second moment"),
     # hard argmax groups instead of the soft Π
-    ("01_coding_rate.ipynb", [("pi_k = Pi[:, k]  # (n,)", "pi_k = (Pi.argmax(axis=1) == k).astype(float)")],
+    ("ex01_coding_rate.ipynb", [("pi_k = Pi[:, k]  # (n,)", "pi_k = (Pi.argmax(axis=1) == k).astype(float)")],
      "check_compression_rate", "hard groups (the argmax of Π) instead of the soft Π"),
-    ("02_variational_compression.ipynb", [('UtZ = np.einsum("kdp,dn->kpn", U, Z)  # (K, p, n): U_k^T Z for every k',
+    ("ex02_variational_compression.ipynb", [('UtZ = np.einsum("kdp,dn->kpn", U, Z)  # (K, p, n): U_k^T Z for every k',
                                            'Pi = np.eye(Pi.shape[1])[Pi.argmax(axis=1)]\n    UtZ = np.einsum("kdp,dn->kpn", U, Z)')],
      "check_token_statistics", "hard groups (the argmax of Π) instead of the soft Π"),
-    ("03_gradient.ipynb", [('y = np.einsum("kpn,nk->kp", UtZ**2, Pi)',
+    ("ex03_gradient.ipynb", [('y = np.einsum("kpn,nk->kp", UtZ**2, Pi)',
                             'Pi = np.eye(Pi.shape[1])[Pi.argmax(axis=1)]\n    y = np.einsum("kpn,nk->kp", UtZ**2, Pi)')],
      "check_variational_compression_grad", "hard groups (the argmax of Π) instead of the soft Π"),
-    ("04_tssa_step_membership.ipynb", [("return e / e.sum(axis=1, keepdims=True)",
+    ("ex04_tssa_step_membership.ipynb", [("return e / e.sum(axis=1, keepdims=True)",
                                         "return (scores == scores.max(axis=1, keepdims=True)).astype(float)")],
      "check_estimate_membership", "a hard argmax instead of the softmax"),
-    ("05_tssa_forward.ipynb", [("pi = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)",
+    ("ex05_tssa_forward.ipynb", [("pi = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)",
                                 "pi = (scores == scores.max(axis=1, keepdims=True)).astype(float)")],
      "check_tssa_forward", "a hard argmax instead of the softmax"),
     # weights 1/K instead of n_k/n
-    ("01_coding_rate.ipynb", [("total += n_k / (2 * n) * logdet", "total += 1 / (2 * Pi.shape[1]) * logdet")],
+    ("ex01_coding_rate.ipynb", [("total += n_k / (2 * n) * logdet", "total += 1 / (2 * Pi.shape[1]) * logdet")],
      "check_compression_rate", "weights 1/K instead of n_k/n"),
-    ("02_variational_compression.ipynb", [("np.sum(n_k / (2 * n) * per_group)", "np.sum(1 / (2 * len(n_k)) * per_group)")],
+    ("ex02_variational_compression.ipynb", [("np.sum(n_k / (2 * n) * per_group)", "np.sum(1 / (2 * len(n_k)) * per_group)")],
      "check_variational_compression_rate", "weights 1/K instead of n_k/n"),
-    ("03_gradient.ipynb", [('np.einsum("kdp,kpn->dn", U, W) / n', 'np.einsum("kdp,kpn->dn", U, W / (U.shape[0] * Pi.sum(axis=0)[:, None, None]))')],
+    ("ex03_gradient.ipynb", [('np.einsum("kdp,kpn->dn", U, W) / n', 'np.einsum("kdp,kpn->dn", U, W / (U.shape[0] * Pi.sum(axis=0)[:, None, None]))')],
      "check_variational_compression_grad", "weights 1/K instead of n_k/n"),
     # c = p/ε² instead of d/ε², or the scale dropped
-    ("02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log1p(y.shape[1] / eps**2 * y)")],
+    ("ex02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log1p(y.shape[1] / eps**2 * y)")],
      "check_variational_compression_rate", "c = p/ε² instead of d/ε²"),
-    ("02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log1p(y)")],
+    ("ex02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y)", "np.log1p(y)")],
      "check_variational_compression_rate", "the scale d/ε² is missing"),
-    ("03_gradient.ipynb", [("c = d / eps**2", "c = U.shape[2] / eps**2")],
+    ("ex03_gradient.ipynb", [("c = d / eps**2", "c = U.shape[2] / eps**2")],
      "check_variational_compression_grad", "c = p/ε² instead of d/ε²"),
-    ("04_tssa_step_membership.ipynb", [("c = d / eps**2", "c = U.shape[2] / eps**2")],
+    ("ex04_tssa_step_membership.ipynb", [("c = d / eps**2", "c = U.shape[2] / eps**2")],
      "check_tssa_step", "c = p/ε² instead of d/ε²"),
     # a mean instead of a sum over coordinates
-    ("02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y).sum(axis=1)", "np.log1p(d / eps**2 * y).mean(axis=1)")],
+    ("ex02_variational_compression.ipynb", [("np.log1p(d / eps**2 * y).sum(axis=1)", "np.log1p(d / eps**2 * y).mean(axis=1)")],
      "check_variational_compression_rate", "a mean over the coordinates instead of a sum"),
-    ("05_tssa_forward.ipynb", [("(w_hat**2).sum(axis=3)", "(w_hat**2).mean(axis=3)")],
+    ("ex05_tssa_forward.ipynb", [("(w_hat**2).sum(axis=3)", "(w_hat**2).mean(axis=3)")],
      "check_tssa_forward", "a mean over the features instead of a sum in the scores"),
     # 1/n instead of 1/n_k
-    ("05_tssa_forward.ipynb", [("weights = pi / (pi.sum(axis=2, keepdims=True) + 1e-8)", "weights = pi / n")],
+    ("ex05_tssa_forward.ipynb", [("weights = pi / (pi.sum(axis=2, keepdims=True) + 1e-8)", "weights = pi / n")],
      "check_tssa_forward", "1/n instead of 1/Σ_j Π_hj in the statistics"),
-    ("07_causal_tssa.ipynb", [("den = np.cumsum(pi, axis=2) + 1e-8", "den = np.arange(1.0, T + 1)")],
+    ("ex07_causal_tssa.ipynb", [("den = np.cumsum(pi, axis=2) + 1e-8", "den = np.arange(1.0, T + 1)")],
      "check_causal_tssa_forward", "the token count t + 1 instead of Σ_{t' ≤ t} Π"),
     # τ/n applied twice
-    ("04_tssa_step_membership.ipynb", [("return Z - tau * update", "return Z - tau / n * update")],
+    ("ex04_tssa_step_membership.ipynb", [("return Z - tau * update", "return Z - tau / n * update")],
      "check_tssa_step", "τ/n applied twice"),
     # a temperature that divides instead of multiplies (or the reverse)
-    ("04_tssa_step_membership.ipynb", [("/ (2 * eta)", "* eta")],
+    ("ex04_tssa_step_membership.ipynb", [("/ (2 * eta)", "* eta")],
      "check_estimate_membership", "η multiplies instead of divides"),
-    ("05_tssa_forward.ipynb", [('scores = params["temp"] * (w_hat**2).sum(axis=3)', 'scores = (w_hat**2).sum(axis=3) / params["temp"]')],
+    ("ex05_tssa_forward.ipynb", [('scores = params["temp"] * (w_hat**2).sum(axis=3)', 'scores = (w_hat**2).sum(axis=3) / params["temp"]')],
      "check_tssa_forward", "the temperature divides instead of multiplies"),
-    ("07_causal_tssa.ipynb", [('scores = params["temp"] * ((w_sq / r).sum(axis=3) + p * beta)',
+    ("ex07_causal_tssa.ipynb", [('scores = params["temp"] * ((w_sq / r).sum(axis=3) + p * beta)',
                                'scores = ((w_sq / r).sum(axis=3) + p * beta) / params["temp"]')],
      "check_causal_tssa_forward", "the temperature divides instead of multiplies"),
     # a missing bias
-    ("05_tssa_forward.ipynb", [('w = x @ params["qkv.weight"] + params["qkv.bias"]', 'w = x @ params["qkv.weight"]')],
+    ("ex05_tssa_forward.ipynb", [('w = x @ params["qkv.weight"] + params["qkv.bias"]', 'w = x @ params["qkv.weight"]')],
      "check_tssa_forward", "the bias b_qkv is missing"),
-    ("05_tssa_forward.ipynb", [('out = v_flat @ params["proj.weight"] + params["proj.bias"]', 'out = v_flat @ params["proj.weight"]')],
+    ("ex05_tssa_forward.ipynb", [('out = v_flat @ params["proj.weight"] + params["proj.bias"]', 'out = v_flat @ params["proj.weight"]')],
      "check_tssa_forward", "the output bias b_out is missing"),
-    ("07_causal_tssa.ipynb", [('out = v_flat @ params["proj.weight"] + params["proj.bias"]', 'out = v_flat @ params["proj.weight"]')],
+    ("ex07_causal_tssa.ipynb", [('out = v_flat @ params["proj.weight"] + params["proj.bias"]', 'out = v_flat @ params["proj.weight"]')],
      "check_causal_tssa_forward", "the output bias b_out is missing"),
-    ("07_causal_tssa.ipynb", [("+ p * beta", "")],
+    ("ex07_causal_tssa.ipynb", [("+ p * beta", "")],
      "check_causal_tssa_forward", "the bias β (denom_bias) is missing"),
     # an exclusive prefix in the causal statistics
-    ("07_causal_tssa.ipynb", [("np.cumsum(pi[..., None] * w_sq, axis=2)", "np.cumsum(pi[..., None] * w_sq, axis=2) - pi[..., None] * w_sq"),
+    ("ex07_causal_tssa.ipynb", [("np.cumsum(pi[..., None] * w_sq, axis=2)", "np.cumsum(pi[..., None] * w_sq, axis=2) - pi[..., None] * w_sq"),
                               ("np.cumsum(pi, axis=2) + 1e-8", "np.cumsum(pi, axis=2) - pi + 1e-8")],
      "check_causal_tssa_forward", "an exclusive prefix in the statistics y"),
-    ("07_causal_tssa.ipynb", [("np.maximum(np.cumsum(w_sq, axis=2), 1e-12)", "np.maximum(np.cumsum(w_sq, axis=2) - w_sq, 1e-12)")],
+    ("ex07_causal_tssa.ipynb", [("np.maximum(np.cumsum(w_sq, axis=2), 1e-12)", "np.maximum(np.cumsum(w_sq, axis=2) - w_sq, 1e-12)")],
      "check_causal_tssa_forward", "an exclusive prefix in the normalizer r"),
     # a factor 2 missing on one path of the backward
-    ("06_tssa_backward.ipynb", [("dw += 2 * dy[:, :, None, :]", "dw += dy[:, :, None, :]")],
+    ("ex06_tssa_backward.ipynb", [("dw += 2 * dy[:, :, None, :]", "dw += dy[:, :, None, :]")],
      "check_tssa_backward", "a missing 2 in d(w²)/dw on the path through y"),
-    ("06_tssa_backward.ipynb", [("dw += 2 * da[..., None]", "dw += da[..., None]")],
+    ("ex06_tssa_backward.ipynb", [("dw += 2 * da[..., None]", "dw += da[..., None]")],
      "check_tssa_backward", "a missing 2 in d(w²)/dw on the path through the scores"),
     # an axis or batch slip in a parameter gradient
-    ("06_tssa_backward.ipynb", [('grads["proj.bias"] = dout.sum(axis=(0, 1))', 'grads["proj.bias"] = dout.sum(axis=0)')],
+    ("ex06_tssa_backward.ipynb", [('grads["proj.bias"] = dout.sum(axis=(0, 1))', 'grads["proj.bias"] = dout.sum(axis=0)')],
      "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
-    ("06_tssa_backward.ipynb", [('grads["qkv.bias"] = dw_flat.sum(axis=(0, 1))', 'grads["qkv.bias"] = dw_flat.sum(axis=1)')],
+    ("ex06_tssa_backward.ipynb", [('grads["qkv.bias"] = dw_flat.sum(axis=(0, 1))', 'grads["qkv.bias"] = dw_flat.sum(axis=1)')],
      "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
-    ("06_tssa_backward.ipynb", [('x.reshape(-1, D).T @ dw_flat.reshape(-1, D)', 'x[0].T @ dw_flat[0]')],
+    ("ex06_tssa_backward.ipynb", [('x.reshape(-1, D).T @ dw_flat.reshape(-1, D)', 'x[0].T @ dw_flat[0]')],
      "check_tssa_backward", "a parameter gradient from one batch element only"),
-    ("06_tssa_backward.ipynb", [('cache["v_flat"].reshape(-1, D).T @ dout.reshape(-1, D)', 'cache["v_flat"][0].T @ dout[0]')],
+    ("ex06_tssa_backward.ipynb", [('cache["v_flat"].reshape(-1, D).T @ dout.reshape(-1, D)', 'cache["v_flat"][0].T @ dout[0]')],
      "check_tssa_backward", "a parameter gradient from one batch element only"),
-    ("06_tssa_backward.ipynb", [('(dz * cache["a"]).sum(axis=(0, 2))[:, None]', '(dz * cache["a"]).sum(axis=(0, 1))[:, None]')],
+    ("ex06_tssa_backward.ipynb", [('(dz * cache["a"]).sum(axis=(0, 2))[:, None]', '(dz * cache["a"]).sum(axis=(0, 1))[:, None]')],
      "check_tssa_backward", "a bias or temperature gradient summed over the wrong axes"),
-    ("06_tssa_backward.ipynb", [('(dz * cache["a"]).sum(axis=(0, 2))[:, None]', '(dz * cache["a"])[0].sum(axis=1)[:, None]')],
+    ("ex06_tssa_backward.ipynb", [('(dz * cache["a"]).sum(axis=(0, 2))[:, None]', '(dz * cache["a"])[0].sum(axis=1)[:, None]')],
      "check_tssa_backward", "a parameter gradient from one batch element only"),
     # task 2: wrong answers that used to pass
-    ("04_tssa_step_membership.ipynb", [("scores -= scores.max(axis=1, keepdims=True)", "pass")],
+    ("ex04_tssa_step_membership.ipynb", [("scores -= scores.max(axis=1, keepdims=True)", "pass")],
      "check_estimate_membership", "the max is not subtracted"),
-    ("05_tssa_forward.ipynb", [("scores = scores - scores.max(axis=1, keepdims=True)", "pass")],
+    ("ex05_tssa_forward.ipynb", [("scores = scores - scores.max(axis=1, keepdims=True)", "pass")],
      "check_tssa_forward", "the softmax without the maximum subtracted"),
-    ("07_causal_tssa.ipynb", [("scores = scores - scores.max(axis=1, keepdims=True)", "pass")],
+    ("ex07_causal_tssa.ipynb", [("scores = scores - scores.max(axis=1, keepdims=True)", "pass")],
      "check_causal_tssa_forward", "the softmax without the maximum subtracted"),
-    ("03_gradient.ipynb", [("    grad = np.zeros_like(Z)\n", "    h = 1e-5  # the slip: the argument is shadowed\n    grad = np.zeros_like(Z)\n")],
+    ("ex03_gradient.ipynb", [("    grad = np.zeros_like(Z)\n", "    h = 1e-5  # the slip: the argument is shadowed\n    grad = np.zeros_like(Z)\n")],
      "check_numerical_gradient", "the step h is ignored"),
 ]  # fmt: skip
 
@@ -344,7 +362,7 @@ PLANTED += [
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the planted code divides 0 by 0
 @pytest.mark.parametrize(
     "name, mutation, checker, slip",
-    [pytest.param(*p, id=f"{p[0][:2]}-{p[3]}") for p in PLANTED if p[0] in PRESENT],
+    [pytest.param(*p, id=f"{p[0][:4]}-{p[3]}") for p in PLANTED if p[0] in PRESENT],
 )
 def test_planted_mistake_fails_with_feedback_naming_it(name, mutation, checker, slip):
     nb = nbformat.read(SOLUTIONS / name, as_version=4)
@@ -360,7 +378,7 @@ def test_planted_mistake_fails_with_feedback_naming_it(name, mutation, checker, 
 
 
 def test_a_causal_layer_that_sees_the_future_is_called_not_causal():
-    name = "07_causal_tssa.ipynb"
+    name = "ex07_causal_tssa.ipynb"
     if name not in PRESENT:
         pytest.skip("exercise 7 is not written yet")
     nb = nbformat.read(SOLUTIONS / name, as_version=4)
@@ -627,6 +645,78 @@ def test_chapter_links_point_at_existing_chapters(name):
             pytest.fail(
                 f"{name} links to {target.name}, but chapter {number} is {chapters[0].name}"
             )
+
+
+def _sphinx_match(name: str, pattern: str) -> bool:
+    """Sphinx's glob for include_patterns and toctree :glob: (``*`` stays within a folder)."""
+    a, b = PurePosixPath(name), PurePosixPath(pattern)
+    return len(a.parts) == len(b.parts) and a.match(pattern)
+
+
+def test_the_book_names_every_exercise_file_and_no_chapter_as_one():
+    """book/conf.py makes the exercises and their solutions pages (include_patterns) and
+    book/index.md lists them in the table of contents (toctree :glob:), under their file names;
+    the exercises' patterns pick no chapter."""
+    conf = ast.parse((ROOT / "book" / "conf.py").read_text(encoding="utf-8"))
+    include = next(
+        ast.literal_eval(node.value)
+        for node in conf.body
+        if isinstance(node, ast.Assign) and node.targets[0].id == "include_patterns"
+    )
+    index = (ROOT / "book" / "index.md").read_text(encoding="utf-8")
+    toc = [ln.strip() for ln in index.splitlines() if ln.strip().startswith("exercises/")]
+    files = [f"exercises/{n}" for n in NAMES] + [f"exercises/solutions/{n}" for n in NAMES]
+    for path in files:
+        assert any(_sphinx_match(path, p) for p in include), f"{path} is not a page of the book"
+        docname = path.removesuffix(".ipynb")
+        assert any(_sphinx_match(docname, p) for p in toc), f"{docname} is in no toctree"
+    chapters = [f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")]
+    # an exercise under its old name (a chapter's name) is no page either
+    chapters += [f"exercises/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")]
+    exercise_patterns = [p for p in include + toc if p.startswith("exercises/")]
+    for path in chapters:
+        for p in exercise_patterns:
+            assert not _sphinx_match(path, p) and not _sphinx_match(path[:-6], p), (path, p)
+    assert _sphinx_match("exercises/ex01_coding_rate", "exercises/ex[0-9]*")
+    assert not _sphinx_match("exercises/solutions/ex01_coding_rate", "exercises/ex[0-9]*")
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _relative_links(path):
+    """(link, file it points at) for every relative markdown link of a notebook or .md file."""
+    if path.suffix == ".ipynb":
+        nb = nbformat.read(path, as_version=4)
+        text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    else:
+        text = path.read_text(encoding="utf-8")
+    for link in _LINK.findall(text):
+        target = link.partition("#")[0]
+        if target and not re.match(r"[a-z]+:", target):
+            yield link, (path.parent / target).resolve()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [EXERCISES / "README.md", *(EXERCISES / n for n in NAMES), *(SOLUTIONS / n for n in NAMES)],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_every_relative_link_of_the_exercises_resolves(path):
+    """The links between exercises, to the learner copy and back to the chapters name files that
+    exist (a rename, such as the ``ex`` prefix, leaves none stale)."""
+    links = list(_relative_links(path))
+    assert links, f"{path.name} has no relative link"
+    stale = [link for link, target in links if not target.exists()]
+    assert not stale, f"{path.relative_to(ROOT)}: no such file for {stale}"
+
+
+def test_the_link_check_finds_a_stale_link(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("[ok](page.md#x) [web](https://example.org) [old](01_coding_rate.ipynb)\n")
+    links = list(_relative_links(page))
+    assert [link for link, _ in links] == ["page.md#x", "01_coding_rate.ipynb"]
+    assert [link for link, target in links if not target.exists()] == ["01_coding_rate.ipynb"]
 
 
 def _own_coding_rate(Z, eps):

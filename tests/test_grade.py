@@ -28,13 +28,16 @@ TIMEOUT = 4  # seconds per cell and per check: the solutions of exercise 01 take
 
 
 def learner(name: str):
-    return nbformat.read(EXERCISES / f"{name}.ipynb", as_version=4)
+    """The learner copy of exercise ``name`` (``"01_coding_rate"``: exercises/ex01_...)."""
+    return nbformat.read(EXERCISES / grade.file_name(name), as_version=4)
 
 
 def filled(name: str):
     """The learner copy with every answer (code and written) taken back from the solution."""
     nb = learner(name)
-    solution = {c.id: c for c in nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4).cells}
+    solution = {
+        c.id: c for c in nbformat.read(SOLUTIONS / grade.file_name(name), as_version=4).cells
+    }
     for cell in nb.cells:
         if cell.metadata.get("whitebox", {}).get("role") in ("answer", "written"):
             cell.source = solution[cell.id].source
@@ -173,6 +176,10 @@ def _submissions() -> dict[str, nbformat.NotebookNode]:
         "no_metadata.ipynb": no_metadata,
         "written.ipynb": written,
         "renamed/homework 1 (final).ipynb": good,
+        # the same work under the exercise's file name from before the "ex" prefix, and under
+        # today's: one function right, one with a named slip
+        "01_coding_rate.ipynb": replace_function(good, "coding_rate", MISSING_HALF),
+        "ex01_coding_rate.ipynb": replace_function(good, "coding_rate", MISSING_HALF),
     }
 
 
@@ -330,6 +337,25 @@ def test_another_version_of_the_exercise_is_graded_and_noted(graded):
     assert "another version" not in feedback(graded, "untouched")
 
 
+def test_a_submission_under_the_old_file_name_grades_like_one_under_the_new(graded):
+    """Exercise 1 was exercises/01_coding_rate.ipynb before its file took the "ex" prefix: a
+    submission under the old name gets the same rows and the same feedback as under the new
+    one (the grader reads the exercise from the metadata, which the rename left unchanged)."""
+    old, new = graded["rows"]["01_coding_rate.ipynb"], graded["rows"]["ex01_coding_rate.ipynb"]
+    assert set(old) == set(new) == {"coding_rate", "compression_rate"}
+    for check in old:
+        a, b = dict(old[check]), dict(new[check])
+        assert a.pop("submission") != b.pop("submission")
+        assert a == b, check
+    assert old["coding_rate"]["status"] == "wrong" and old["coding_rate"]["slips"]
+    assert old["compression_rate"]["status"] == "passed"
+    assert old["coding_rate"]["exercise"] == "01_coding_rate"
+    texts = [feedback(graded, stem).splitlines() for stem in ("01_coding_rate", "ex01_coding_rate")]
+    assert texts[0][0] != texts[1][0]  # "Feedback on <the path>"
+    assert texts[0][1:] == texts[1][1:] and "Exercise 01_coding_rate" in texts[0]
+    assert "another version" not in "\n".join(texts[0])
+
+
 def test_a_notebook_without_metadata_is_an_error_that_says_why(graded):
     rows = graded["rows"]["no_metadata.ipynb"]
     assert list(rows) == [""]
@@ -358,7 +384,9 @@ def _checker_calls(nb) -> set[tuple[str, str]]:
     return calls
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in EXERCISES.glob("[0-9][0-9]_*.ipynb")))
+@pytest.mark.parametrize(
+    "name", sorted(grade.exercise_of(p) for p in EXERCISES.glob("ex[0-9][0-9]_*.ipynb"))
+)
 def test_the_grader_checks_what_the_notebook_checks(name):
     nb = learner(name)
     assert nb.metadata["whitebox"]["exercise"] == name

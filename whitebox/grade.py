@@ -41,6 +41,7 @@ import io
 import json
 import math
 import os
+import re
 import select
 import shutil
 import signal
@@ -76,7 +77,32 @@ class Check:
     blocked: tuple[str, ...] = ()
 
 
-#: exercise (the learner copy's stem) -> the functions graded automatically.
+#: the prefix of the exercises' file names: exercise ``01_coding_rate`` is the notebook
+#: ``exercises/ex01_coding_rate.ipynb`` (learner copy) and ``exercises/solutions/ex01_...``
+#: (source), so that in JupyterLab its tab is told apart from chapter 1's
+#: ``notebooks/01_coding_rate.ipynb``. The exercise itself, as its metadata names it and as the
+#: gradebook shows it, keeps the name without the prefix (a submission made before the
+#: rename, under the old file name, grades the same).
+FILE_PREFIX = "ex"
+_FILE_STEM = re.compile(rf"{FILE_PREFIX}(\d\d_\w+)")
+
+
+def file_name(exercise: str) -> str:
+    """The notebook file of ``exercise``: ``"01_coding_rate"`` -> ``"ex01_coding_rate.ipynb"``."""
+    return f"{FILE_PREFIX}{exercise}.ipynb"
+
+
+def exercise_of(path: str | Path) -> str:
+    """The exercise a notebook file holds, from its name: ``.../ex01_coding_rate.ipynb`` ->
+    ``"01_coding_rate"``. A stem without the prefix (a file named before the rename) is the
+    exercise itself."""
+    stem = Path(path).stem
+    m = _FILE_STEM.fullmatch(stem)
+    return m.group(1) if m else stem
+
+
+#: exercise (the metadata's name, the file's stem without "ex") -> the functions graded
+#: automatically.
 EXERCISES: dict[str, tuple[Check, ...]] = {
     "01_coding_rate": (
         Check("coding_rate", "check_coding_rate", blocked=("whitebox.mcr2.coding_rate",)),
@@ -602,7 +628,7 @@ def _first_line(markdown: str) -> str:
 def _current_version(exercise: str) -> str | None:
     """The version of the learner copy of ``exercise`` in this repository's exercises/ (None
     when the library is installed without it)."""
-    path = Path(__file__).resolve().parent.parent / "exercises" / f"{exercise}.ipynb"
+    path = Path(__file__).resolve().parent.parent / "exercises" / file_name(exercise)
     try:
         meta = json.loads(path.read_bytes()).get("metadata", {}).get("whitebox", {})
     except (OSError, ValueError, AttributeError):
