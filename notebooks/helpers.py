@@ -688,7 +688,220 @@ def ch8_plot_last_token(r):
 
 
 # ---------------------------------------------------------------- chapter 9: training on digits
-# (chapter 9's helpers)
+def ch9_tuning(tuning: dict, name: str) -> dict:
+    """One model's tuning from ``results/tuning.json``, in either of its two formats.
+
+    Old: one grid for all models (``grid = {"lr": [...], "weight_decay": [...]}``), one seed
+    (``seed``), the runs are the settings. New: a grid per model (``grid[name]["lr"]``), the seeds
+    in ``seeds``, the mean over them per setting in ``settings[name]``. Returns ``grid``,
+    ``seeds``, ``settings`` (each with ``lr``, ``weight_decay``, ``val_accuracy``), ``chosen``
+    and ``edge`` (per parameter: "inside", "smallest" or "largest" value run)."""
+    grid = tuning["grid"]
+    grid = grid[name] if name in grid else grid
+    seeds = list(tuning.get("seeds", [tuning.get("seed", 0)]))
+    if name in tuning.get("settings", {}):
+        settings = tuning["settings"][name]
+    else:
+        settings = [dict(r, seeds=seeds) for r in tuning["runs"] if r["config"] == name]
+    chosen = tuning["chosen"][name]
+    edge = {}
+    for param in ("lr", "weight_decay"):
+        values = sorted(grid[param])
+        v = chosen[param]
+        edge[param] = "smallest" if v == values[0] else "largest" if v == values[-1] else "inside"
+    return {"grid": grid, "seeds": seeds, "settings": settings, "chosen": chosen, "edge": edge}
+
+
+def ch9_print_tuning(tuning: dict, names: dict) -> dict:
+    """Print each model's validation accuracy over the settings it was run with (lr rows, weight
+    decay columns; * the chosen one, . not run) and where its choice lies. Returns the
+    :func:`ch9_tuning` view of each model."""
+    budget = tuning.get("budget")
+    print("budget:", budget.get("digits", budget) if isinstance(budget, dict) else budget)
+    views = {}
+    for name, label in names.items():
+        v = views[name] = ch9_tuning(tuning, name)
+        acc = {(s["lr"], s["weight_decay"]): s["val_accuracy"] for s in v["settings"]}
+        run = set(acc)
+        star = (v["chosen"]["lr"], v["chosen"]["weight_decay"])
+        print(f"\n{label}: validation accuracy, mean over seeds {v['seeds']}")
+        print("         " + "".join(f"  wd {wd:<6g}" for wd in v["grid"]["weight_decay"]))
+        for lr in v["grid"]["lr"]:
+            row = []
+            for wd in v["grid"]["weight_decay"]:
+                a = acc.get((lr, wd))
+                mark = "*" if (lr, wd) == star else " "
+                row.append("    .    " if (lr, wd) not in run else " diverged" if a is None
+                           else f"  {a:.4f}{mark}")  # fmt: skip
+            print(f"lr {lr:<6g}" + "".join(f"  {c:<9s}" for c in row))
+        for param, word in (("lr", "learning rate"), ("weight_decay", "weight decay")):
+            edge = v["edge"][param]
+            where = "strictly inside" if edge == "inside" else f"ON THE EDGE (the {edge} value)"
+            print(f"  chosen {word} {v['chosen'][param]:g}: {where}; values run {v['grid'][param]}")
+    return views
+
+
+def ch9_print_comparison(res: dict, labels: dict, n_test: int) -> np.ndarray:
+    """The per-seed test accuracies of both models and their paired differences (ToST minus
+    softmax, same seed; also in test images, of ``n_test``); prints who is ahead, computed.
+    Returns the differences."""
+    print(f"{'model':14s} {'lr':>6s} {'wd':>5s} {'parameters':>10s}   test accuracy per seed"
+          "             mean ± std")  # fmt: skip
+    for name, d in res.items():
+        per_seed = "  ".join(f"{v:.4f}" for v in d["values"])
+        print(f"{labels[name]:14s} {d['setting']['lr']:6g} {d['setting']['weight_decay']:5g} "
+              f"{d['params']:10,d}   {per_seed}   {d['mean']:.4f} ± {d['std']:.4f}")  # fmt: skip
+    # the values are fractions of the test set stored to 4 decimals: a difference below 1e-6 is 0
+    diff = np.round(np.array(res["tssa"]["values"]) - np.array(res["softmax"]["values"]), 6)
+    n = len(diff)
+    print(f"\nToST minus softmax, paired by seed: {' '.join(f'{d:+.4f}' for d in diff)}")
+    print(f"  in test images (of {n_test}): {' '.join(f'{round(d * n_test):+d}' for d in diff)}")
+    print(f"mean difference {diff.mean():+.4f} ± {diff.std(ddof=1):.4f} (std over the seeds)")
+    print(f"ToST ahead of the softmax baseline in {int((diff > 0).sum())} of {n} seeds, "
+          f"behind in {int((diff < 0).sum())}, level in {int((diff == 0).sum())}")  # fmt: skip
+    m = round(float(diff.mean()), 6)
+    higher = "ToST's" if m > 0 else "the softmax baseline's" if m < 0 else "neither (equal means)"
+    print(f"higher mean test accuracy: {higher}")
+    return diff
+
+
+def ch9_plot_patches(X, y):
+    """The first test digit of each class with the 4 x 4 grid of 2 x 2 patches."""
+    first = [int(np.flatnonzero(y == c)[0]) for c in range(10)]
+    fig, axes = plt.subplots(1, 10, figsize=(10, 1.4))
+    for c, ax in enumerate(axes):
+        ax.imshow(X[first[c], 0], cmap="gray_r")
+        ax.set_xticks(np.arange(-0.5, 8, 2), minor=True)
+        ax.set_yticks(np.arange(-0.5, 8, 2), minor=True)
+        ax.grid(which="minor", color="C1", lw=0.6)
+        ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+        ax.set_title(f"label {y[first[c]]}", fontsize=8)
+    fig.suptitle(
+        "test digits with the 4 x 4 grid of 2 x 2 patches (one token per patch)", fontsize=9
+    )
+    fig.tight_layout()
+    plt.show()
+
+
+def ch9_plot_seeds(res: dict, labels: dict):
+    """Left: test accuracy over the epochs, one line per seed. Right: the final accuracies per
+    seed, joined by seed, and the mean ± std of each model."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 1]})
+    for k, (name, color) in enumerate([("tssa", "C0"), ("softmax", "C3")]):
+        for i, p in enumerate(res[name]["per_seed"]):
+            ep = [h["epoch"] for h in p["history"]]
+            axes[0].plot(ep, [h["test_accuracy"] for h in p["history"]], color=color, lw=0.8,
+                         alpha=0.6, label=labels[name] if i == 0 else None)  # fmt: skip
+        x = k + np.linspace(-0.12, 0.12, len(res[name]["values"]))
+        axes[1].plot(x, res[name]["values"], "o", color=color, ms=5)
+        axes[1].errorbar(k + 0.3, res[name]["mean"], res[name]["std"], fmt="s", color=color,
+                         capsize=3)  # fmt: skip
+    x = np.linspace(-0.12, 0.12, len(res["tssa"]["values"]))
+    for s, (a, b) in enumerate(zip(res["tssa"]["values"], res["softmax"]["values"])):
+        axes[1].plot([x[s], 1 + x[s]], [a, b], color="k", lw=0.4, alpha=0.4)
+    axes[0].set(xlabel="epoch", ylabel="test accuracy", ylim=(0.5, 1.0),
+                title="test accuracy during training, one line per seed")  # fmt: skip
+    axes[0].legend(fontsize=8)
+    axes[1].set_xticks([0, 1], ["ToST", "softmax"])
+    axes[1].set_title("final, per seed (o) and mean ± std (■)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.show()
+
+
+def ch9_train_quietly(epochs: int, seed: int = 0, **setting):
+    """One ToST run on the digits in a temporary folder, without its progress output.
+    Returns (model, history, config)."""
+    import contextlib
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from whitebox.checkpoint import load_checkpoint
+    from whitebox.train import make_config, train
+
+    cfg = make_config(task="digits", attention="tssa", epochs=epochs, seed=seed,
+                      out=tempfile.mkdtemp(), **setting)  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        path = Path(train(cfg, progress=False)["checkpoint"])
+    return wb.models.load(path), load_checkpoint(path)["meta"]["history"], cfg
+
+
+def ch9_print_history(history: list, every: int = 5):
+    print("epoch  train loss  test loss  test acc")
+    for row in history:
+        if row["epoch"] % every == 0 or row["epoch"] == 1:
+            print(f"{row['epoch']:5d}  {row['train_loss']:10.4f}  {row['test_loss']:9.4f}  "
+                  f"{row['test_accuracy']:8.4f}")  # fmt: skip
+
+
+def ch9_plot_pi(X, y, pi, classes=(0, 2, 4, 7)):
+    """For the first test digit of each of ``classes``: the digit, then every block's and head's
+    membership Pi_hj reshaped to the 4 x 4 patch grid (colour scale fixed to [0, 1])."""
+    L, H = len(pi), pi[0].shape[1]
+    show = [int(np.flatnonzero(y == c)[0]) for c in classes]
+    fig, axes = plt.subplots(len(show), 1 + L * H, figsize=(1.25 * (1 + L * H), 1.35 * len(show)))
+    for r, i in enumerate(show):
+        axes[r, 0].imshow(X[i, 0], cmap="gray_r")
+        axes[r, 0].set_ylabel(f"label {y[i]}", fontsize=8)
+        for l in range(L):
+            for h in range(H):
+                ax = axes[r, 1 + l * H + h]
+                im = ax.imshow(pi[l][i, h].reshape(4, 4), vmin=0, vmax=1, cmap="viridis")
+                if r == 0:
+                    ax.set_title(f"block {l + 1}, head {h + 1}", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_title("digit", fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.6, label=r"$\Pi_{hj}$")
+    plt.show()
+
+
+CH9_SHARES = ("confidence", "entropy", "position_share_mean", "class_share_mean",
+              "individual_share_mean")  # fmt: skip
+
+
+def ch9_print_membership(summary: dict, heads: int):
+    """Mean ± std over the seeds of each block's confidence, entropy and variance shares, for the
+    trained networks and at initialization; then the counts of the stored claims."""
+    spread = summary["spread"]
+    print(f"mean ± std over the seeds (shares averaged over the {heads} heads of a block)")
+    print("network          block  confidence       entropy          position         class"
+          "            individual")  # fmt: skip
+    for state, title in (("trained", "trained ToST"), ("init", "at initialization")):
+        for l in range(summary["blocks"]):
+            cols = [spread[f"{state}_{k}"][l] for k in CH9_SHARES]
+            print(f"{title:17s} {l + 1:5d}  "
+                  + "  ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cols))  # fmt: skip
+    print()
+    for key in ("training_sharpens_pi_block1", "training_sharpens_pi_block2",
+                "block1_more_positional_than_block2", "block1_more_positional_than_at_init"):  # fmt: skip
+        c = summary["claims"][key]
+        print(f"{key:40s} held in {c['held']} of {c['of']} seeds {c['seeds']}")
+
+
+def ch9_plot_membership(per_seed: list, blocks: int):
+    """Position share, class share and confidence per block, one point per seed, trained and at
+    initialization."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+    keys = [("position_share_mean", "position share"), ("class_share_mean", "class share"),
+            ("confidence", "confidence")]  # fmt: skip
+    for ax, (key, title) in zip(axes, keys):
+        for state, color, dx in (("trained", "C0", -0.1), ("init", "C7", 0.1)):
+            for l in range(blocks):
+                vals = [r[state]["membership"][l][key] for r in per_seed]
+                label = (
+                    ("trained" if state == "trained" else "at initialization") if l == 0 else None
+                )
+                ax.plot(np.full(len(vals), l + 1 + dx), vals, "o", color=color, ms=4, label=label)
+        ax.set_xticks(range(1, blocks + 1), [f"block {l + 1}" for l in range(blocks)])
+        ax.set_title(f"{title}, one point per seed")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
 
 
 # ---------------------------------------------------------------- chapter 10: inside the white box
