@@ -909,7 +909,249 @@ def ch9_plot_membership(per_seed: list, blocks: int):
 
 
 # ---------------------------------------------------------------- chapter 11: a language model
-# (chapter 11's helpers)
+
+CH11_LABELS = {"tssa": "ToST (causal TSSA)", "softmax": "GPT (softmax)"}
+
+
+def ch11_grid(tuning, name):
+    """The learning rates and weight decays run for ``name`` (e.g. 'text-tssa'), sorted.
+
+    ``results/tuning.json`` holds either one grid per model (grid[name]['lr']) or, in its first
+    form, one grid shared by every model (grid['lr']); both are read here.
+    """
+    grid = tuning["grid"]
+    grid = grid[name] if name in grid else grid
+    return sorted(grid["lr"]), sorted(grid["weight_decay"])
+
+
+def ch11_tuning_seeds(tuning):
+    """The seeds every tuning setting was run with (the first form ran one: 'seed')."""
+    return list(tuning["seeds"]) if "seeds" in tuning else [tuning["seed"]]
+
+
+def ch11_tuning_table(tuning, name, key="val_loss"):
+    """{(lr, weight_decay): mean of ``key`` over the runs of that setting} for every setting
+    ``name`` was run with; None where a run diverged (no value)."""
+    groups = {}
+    for r in tuning["runs"]:
+        if r["config"] == name:
+            groups.setdefault((r["lr"], r["weight_decay"]), []).append(r.get(key))
+    return {s: None if None in v else float(np.mean(v)) for s, v in sorted(groups.items())}
+
+
+def ch11_edge(value, values):
+    """'strictly inside' or 'ON THE EDGE of', for a chosen value among the values run."""
+    return "strictly inside" if min(values) < value < max(values) else "ON THE EDGE of"
+
+
+def ch11_print_references(V, reference, ngram):
+    """The reference losses of section 1: uniform, add-one n-grams, and the add-k table."""
+    print(f"uniform guess:  ln V = {np.log(V):.3f} nats/char")
+    for name, loss in reference.items():
+        print(f"{name + ' model:':15s}        {loss:.3f} nats/char (add-one)")
+    print("\norder   add-one   add-k   k (chosen on 80-90%)   grid of k")
+    for n, r in ngram.items():
+        print(f"{n:7s} {r['add_one']:7.3f}   {r['add_k']:5.3f}   {r['k']:<22g} {r['grid']}")
+
+
+def ch11_print_tuning(tuning, tables, labels=CH11_LABELS):
+    """Each text model's mean validation loss per (lr, weight decay) run; * = the chosen one;
+    '-' = not run (a coarse-then-fine search runs only part of the grid)."""
+    print(f"tuning: mean validation loss (nats/char) over the seeds {ch11_tuning_seeds(tuning)}")
+    for name, table in tables.items():
+        lrs, wds = ch11_grid(tuning, f"text-{name}")
+        chosen = tuning["chosen"][f"text-{name}"]
+        best = (chosen["lr"], chosen["weight_decay"])
+        print(f"{labels[name]}\n  {'lr':>8s} | " + "".join(f"wd {wd:<9g}" for wd in wds))
+        for lr in lrs:
+            cells = []
+            for wd in wds:
+                v = table.get((lr, wd), "-")
+                text = "-" if v == "-" else ("diverged" if v is None else f"{v:.4f}")
+                cells.append(f"{text + ('*' if (lr, wd) == best else ''):12s}")
+            print(f"  {lr:8g} | " + "".join(cells))
+        print(f"  chosen lr {best[0]:g}: {ch11_edge(best[0], lrs)} the learning rates run; "
+              f"weight decay {best[1]:g}: {ch11_edge(best[1], wds)} the weight decays run")  # fmt: skip
+
+
+def ch11_print_seeds(res, labels=CH11_LABELS):
+    """Setting, parameter count and held-out loss per seed of each model of ``make results``."""
+    print(f"{'model':19s} {'lr':>6s} {'wd':>5s} {'parameters':>10s}   held-out loss per seed "
+          "(nats/char)   mean ± std")  # fmt: skip
+    for name, d in res.items():
+        per_seed = "  ".join(f"{v:.3f}" for v in d["values"])
+        print(f"{labels[name]:19s} {d['setting']['lr']:6g} {d['setting']['weight_decay']:5g} "
+              f"{d['params']:10,d}   {per_seed}   {d['mean']:.3f} ± {d['std']:.3f}")  # fmt: skip
+
+
+def _ch11_references(ax, reference, styles=(":", "-.", "--")):
+    for (name, loss), ls in zip(reference.items(), styles):
+        ax.axhline(loss, color="k", lw=0.8, ls=ls, label=f"{name} model")
+
+
+def _ch11_finish(ax, xlabel, ylabel, title):
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def ch11_plot_seed_curves(res, reference, labels=CH11_LABELS):
+    """Held-out loss against step, every seed of ``make results``, with the n-gram references."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, color in [("tssa", "C0"), ("softmax", "C3")]:
+        for i, p in enumerate(res[name]["per_seed"]):
+            steps = [h["step"] for h in p["history"]]
+            ax.plot(steps, [h["val_loss"] for h in p["history"]], "o-", color=color, ms=2,
+                    lw=0.8, alpha=0.6, label=labels[name] if i == 0 else None)  # fmt: skip
+    _ch11_references(ax, reference)
+    _ch11_finish(
+        ax, "step", "held-out cross-entropy (nats/char)", "five seeds per model (make results)"
+    )
+    fig.tight_layout()
+    plt.show()
+
+
+def ch11_per_seed(mech, model, get):
+    """One number per seed: get(p) of each seed's entry of text-mechanism.json[model]."""
+    return np.array([get(p) for p in mech[model]["per_seed"]])
+
+
+def ch11_span(values, fmt=".3f"):
+    """'mean (min-max)' over the seeds."""
+    v = np.asarray(values)
+    return f"{v.mean():{fmt}} ({v.min():{fmt}}–{v.max():{fmt}})"
+
+
+def ch11_print_weights(mech, labels=CH11_LABELS):
+    """(a): the weight of token t-1 at t, per block, mean (min-max) over the seeds."""
+    positions = mech["positions"]
+    print("(a) weight of token t-1 in the statistics of token t, mean over heads and windows;")
+    print(f"    mean (min–max) over {len(mech['seeds'])} seeds")
+    print(f"{'':18s}" + "".join(f"{'t = ' + str(t):>22s}" for t in positions))
+    for name in ("tssa", "softmax"):
+        for b in sorted(mech[f"text-{name}"]["per_seed"][0]["weight_prev"]):
+            row = [ch11_span(ch11_per_seed(mech, f"text-{name}",
+                                           lambda p, b=b, t=t: p["weight_prev"][b][f"t{t}"]))
+                   for t in positions]  # fmt: skip
+            print(f"{labels[name].split()[0] + ', ' + b:18s}" + "".join(f"{c:>22s}" for c in row))
+    print(f"{'1/(t+1)':18s}" + "".join(f"{1 / (t + 1):>22.3f}" for t in positions))
+
+
+def ch11_plot_weights(mech, labels=CH11_LABELS):
+    """(a): the weight of token t-1 at every position t, every block and seed, against 1/(t+1)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+    first = mech["seeds"][0]
+    for ax, name in zip(axes, ("tssa", "softmax")):
+        for p in mech[f"text-{name}"]["per_seed"]:
+            for l, curve in enumerate(p["weight_prev_curve"]):
+                t_axis = np.arange(1, len(curve) + 1)
+                ax.plot(t_axis, curve, color=f"C{l}", lw=0.8, alpha=0.6,
+                        label=f"block {l + 1}" if p["seed"] == first else None)  # fmt: skip
+        ax.plot(t_axis, 1 / (t_axis + 1), "k--", lw=1, label="1/(t+1)")
+        ax.set_yscale("log")
+        _ch11_finish(ax, "position t", "weight" if name == "tssa" else "",
+                     f"{labels[name]}: weight of token t-1 at t (every seed)")  # fmt: skip
+    fig.tight_layout()
+    plt.show()
+
+
+def ch11_bucket_table(mech, labels=CH11_LABELS):
+    """(b): held-out loss per bucket of positions; prints mean (min-max) over the seeds and
+    returns {name: (seeds, buckets) array} and the bucket names."""
+    buckets = [f"{lo}-{hi}" for lo, hi in mech["buckets"]]
+    print("(b) held-out loss by position (nats/char), mean (min–max) over the seeds")
+    print(f"{'positions':20s}" + "".join(f"{b:>22s}" for b in buckets))
+    out = {}
+    for name in ("tssa", "softmax"):
+        out[name] = ch11_per_seed(mech, f"text-{name}",
+                                  lambda p: [p["loss_by_bucket"][b] for b in buckets])  # fmt: skip
+        print(f"{labels[name]:20s}" + "".join(f"{ch11_span(c):>22s}" for c in out[name].T))
+    return out, buckets
+
+
+def ch11_plot_loss_by_position(runs, lines, title, ylabel, labels=CH11_LABELS):
+    """Loss at every position of the window, every seed; ``runs`` = {name: per-seed entries},
+    ``lines`` = [(value, linestyle, label)] of horizontal references."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for name, color in [("tssa", "C0"), ("softmax", "C3")]:
+        for i, p in enumerate(runs[name]):
+            ax.plot(p["loss_by_position"], color=color, lw=0.8, alpha=0.6,
+                    label=labels[name] if i == 0 else None)  # fmt: skip
+    for value, ls, label in lines:
+        ax.axhline(value, color="k", lw=0.8, ls=ls, label=label)
+    _ch11_finish(ax, "position t in the window", ylabel, title)
+    fig.tight_layout()
+    plt.show()
+
+
+def ch11_kl_table(mech, labels=CH11_LABELS):
+    """(c): KL of the prediction at t when the character at t-k is replaced; prints mean
+    (min-max) over the seeds, returns {(name, t): {k: per-seed array}}."""
+    print("(c) KL(before || after) of the next-character distribution at t (nats) when the")
+    print("    character at t-k is replaced; mean (min–max) over the seeds")
+    print(f"{'':22s}" + "".join(f"{'k = ' + str(k):>22s}" for k in mech["kl_lags"]))
+    kl = {}
+    for name in ("tssa", "softmax"):
+        for t in mech["kl_positions"]:
+            kl[name, t] = {k: ch11_per_seed(mech, f"text-{name}",
+                                            lambda p, t=t, k=k: p["kl"][f"t{t}_k{k}"])
+                           for k in mech["kl_lags"]}  # fmt: skip
+            print(f"{labels[name].split()[0] + f', t = {t}':22s}"
+                  + "".join(f"{ch11_span(kl[name, t][k]):>22s}" for k in mech["kl_lags"]))  # fmt: skip
+    return kl
+
+
+def ch11_signed(per_model, labels=CH11_LABELS):
+    """'ToST +0.1 +0.2 ... | GPT ...': one signed number per seed for each model."""
+    return " | ".join(
+        labels[n].split()[0] + " " + " ".join(f"{v:+.3f}" for v in values)
+        for n, values in per_model.items()
+    )
+
+
+def ch11_print_synthetic(mech, syn_loss, labels=CH11_LABELS):
+    """(d): each model's loss per seed on the synthetic task, and the n-gram references."""
+    lag = mech["synthetic"]["lag"]
+    for name, v in syn_loss.items():
+        print(f"    {labels[name]:19s} loss at positions {lag - 1}-63, per seed: "
+              + "  ".join(f"{x:.3f}" for x in v))  # fmt: skip
+    refs = ", ".join(f"{n}: {r['add_k']:.3f}" for n, r in mech["ngram_synthetic"].items())
+    print(f"    n-gram references (add-k, k chosen on 80-90%): {refs}")
+
+
+def ch11_train_quietly(tuning, attention, steps, eval_every):
+    """A live run of the text model with the setting ``attention`` was tuned to (seed 0):
+    (its history of losses, the trained model)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from whitebox.checkpoint import load_checkpoint
+    from whitebox.train import make_config, train
+
+    setting = tuning["chosen"][f"text-{attention}"]
+    cfg = make_config(task="text", attention=attention, steps=steps, eval_every=eval_every,
+                      lr=setting["lr"], weight_decay=setting["weight_decay"],
+                      out=tempfile.mkdtemp())  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = train(cfg, progress=False)
+    history = load_checkpoint(result["checkpoint"])["meta"]["history"]
+    return history, wb.models.load(result["checkpoint"])
+
+
+def ch11_plot_live(history, reference, labels=CH11_LABELS):
+    """Train and held-out loss of the live runs, with the n-gram references."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, color in [("tssa", "C0"), ("softmax", "C3")]:
+        steps = [h["step"] for h in history[name]]
+        ax.plot(steps, [h["train_loss"] for h in history[name]], "--", color=color, alpha=0.7,
+                label=f"{labels[name]} train")  # fmt: skip
+        ax.plot(steps, [h["val_loss"] for h in history[name]], "o-", color=color, ms=3,
+                label=f"{labels[name]} held-out")  # fmt: skip
+    _ch11_references(ax, reference)
+    _ch11_finish(ax, "step", "cross-entropy (nats/char)", "one live run per model (this machine)")
+    fig.tight_layout()
+    plt.show()
 
 
 # ---------------------------------------------------------------- chapter 13: long sequences
