@@ -49,7 +49,9 @@ def test_ch10_gap_of_the_bound_is_minus_half_log_one_minus_r_squared(a, b, beta,
     np.testing.assert_allclose(rv[0], 0.5 * (np.log(A[0, 0]) + np.log(A[1, 1])), rtol=1e-13)
     np.testing.assert_allclose(rp[0], 0.5 * np.linalg.slogdet(A)[1], rtol=1e-13)
     np.testing.assert_allclose(rv[0] - rp[0], 0.5 * -np.log1p(-r2), rtol=1e-10)
-    assert analysis.offdiag_share(C[0, 0]) == pytest.approx(2 * beta**2 / (a**2 + b**2 + 2 * beta**2))
+    assert analysis.offdiag_share(C[0, 0]) == pytest.approx(
+        2 * beta**2 / (a**2 + b**2 + 2 * beta**2)
+    )
 
 
 @pytest.mark.parametrize("kind", analysis.BASIS_KINDS)
