@@ -905,7 +905,254 @@ def ch9_plot_membership(per_seed: list, blocks: int):
 
 
 # ---------------------------------------------------------------- chapter 10: inside the white box
-# (chapter 10's helpers)
+
+
+def ch10_ms(c):
+    """'mean ± std' of a spread entry of results/*.json."""
+    return f"{c['mean']:6.3f} ± {c['std']:.3f}"
+
+
+def ch10_rates_table(spread, softmax_summary, L):
+    """R, R_c and Delta R at each block's input and output, mean ± std over the seeds, for the
+    trained ToST, the same network at initialization, and (R only) the softmax baseline."""
+    print("network          block |  R in            R out          |  R_c in          R_c out"
+          "        |  dR in           dR out")  # fmt: skip
+    for state, title in (("trained", "ToST trained"), ("init", "ToST at init")):
+        for l in range(L):
+            cols = [spread[f"{state}_{k}_{io}"][l] for k in ("R", "R_c", "delta_R")
+                    for io in ("in", "out")]  # fmt: skip
+            print(f"{title:16s} {l + 1:5d} | "
+                  + " | ".join(f"{ch10_ms(cols[2 * i])} {ch10_ms(cols[2 * i + 1])}" for i in range(3)))  # fmt: skip
+    for l in range(L):
+        print(f"{'softmax trained':16s} {l + 1:5d} | {ch10_ms(softmax_summary['R_in'][l])} "
+              f"{ch10_ms(softmax_summary['R_out'][l])} |")  # fmt: skip
+
+
+def ch10_delta_r(per_seed):
+    """(seeds, blocks, 2): Delta R at each block's input and output, each under the block's Pi."""
+    return np.array([[(b["in"]["delta_R"], b["out"]["delta_R"]) for b in r["trained"]["rates"]]
+                     for r in per_seed])  # fmt: skip
+
+
+def ch10_print_delta_r(dr):
+    """Within each block, at each boundary (the same tokens under the next block's Pi), and end
+    to end: Delta R's change and in how many seeds it is positive."""
+    for title, d in dr.items():
+        within = (d[:, :, 1] > d[:, :, 0]).sum(axis=0)
+        jumps = d[:, 1:, 0] - d[:, :-1, 1]  # (seeds, boundaries)
+        print(f"\ntrained ToST, {title} ({len(d)} seeds):")
+        print(f"  within block l = 1..{d.shape[1]} (under Pi_l): Delta R rises in "
+              f"{within.tolist()} seeds")  # fmt: skip
+        for l in range(jumps.shape[1]):
+            print(f"  boundary {l + 1}|{l + 2}: the same tokens Z_{l + 1} under Pi_{l + 2} instead of "
+                  f"Pi_{l + 1}: Delta R changes by {jumps[:, l].mean():+.3f} ± "
+                  f"{jumps[:, l].std(ddof=1):.3f}, up in {(jumps[:, l] > 0).sum()} seeds")  # fmt: skip
+        ends = d[:, -1, 1] - d[:, 0, 0]
+        print(f"  end to end: Delta R(Z_{d.shape[1]} | Pi_{d.shape[1]}) - Delta R(Z_0 | Pi_1) = "
+              f"{ends.mean():+.3f} ± {ends.std(ddof=1):.3f}, positive in {(ends > 0).sum()} seeds")  # fmt: skip
+
+
+def _ch10_segments(ax, rates, key, color, label=None, jump_label=None):
+    """One line per block (input -> output under its own Pi), dotted where Pi changes."""
+    for l in range(len(rates)):
+        ax.plot([l, l + 1], [rates[l]["in"][key], rates[l]["out"][key]], "o-", color=color,
+                lw=0.8, ms=3, alpha=0.7, label=label if l == 0 else None)  # fmt: skip
+        if l + 1 < len(rates) and key != "R":  # the same tokens Z_{l+1}, the next block's Pi
+            ax.plot([l + 1, l + 1], [rates[l]["out"][key], rates[l + 1]["in"][key]], ":",
+                    color=color, lw=1.2, alpha=0.9, label=jump_label if l == 0 else None)  # fmt: skip
+
+
+def ch10_plot_rates(per_seed, softmax_per_seed, deep_per_seed, L):
+    """R, R_c, Delta R of the two-block ToST (trained, at init) and the softmax baseline's R,
+    one line per seed; right: Delta R of the six-block ToST, with the jumps where Pi changes."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for state, color in (("trained", "C0"), ("init", "C7")):
+        for i, r in enumerate(per_seed):
+            for k, key in enumerate(("R", "R_c", "delta_R")):
+                label = (
+                    ("ToST trained" if state == "trained" else "ToST at init") if i == 0 else None
+                )
+                jump = "Pi changes (same tokens)" if state == "trained" and i == 0 else None
+                _ch10_segments(axes[k], r[state]["rates"], key, color, label, jump)
+    for i, r in enumerate(softmax_per_seed):
+        _ch10_segments(axes[0], r["trained"]["rates"], "R", "C3",
+                       "softmax trained" if i == 0 else None)  # fmt: skip
+    for r in deep_per_seed:
+        _ch10_segments(axes[3], r["trained"]["rates"], "delta_R", "C0")
+    titles = [r"$R$ (no grouping)", r"$R_c(\,\cdot \mid \Pi_l)$", r"$\Delta R = R - R_c$"]
+    for ax, title in zip(axes, titles):
+        ax.set_xticks(range(L + 1), [f"$Z_{l}$" for l in range(L + 1)])
+        ax.set_title(title + ", one line per seed")
+        ax.set_xlabel("tokens (each segment: one block, under its own $\\Pi_l$)", fontsize=8)
+    axes[3].set_xticks(range(len(deep_per_seed[0]["trained"]["rates"]) + 1))
+    axes[3].set_title(r"$\Delta R$, six-block ToST (section 5)")
+    axes[3].set_xlabel("tokens $Z_l$; dotted: the same tokens under the next block's $\\Pi$",
+                       fontsize=8)  # fmt: skip
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("nats per image (eps = 0.5, unit tokens)")
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def ch10_plot_substep_hist(live, L):
+    """The live run: per test image, the change of R_c^var across block l's attention sub-step."""
+    fig, axes = plt.subplots(1, L, figsize=(5 * L, 3.4))
+    for l, ax in enumerate(axes):
+        for name, color in [("ToST trained", "C0"), ("ToST at init", "C7")]:
+            ax.hist(live[name][l]["change"], bins=40, color=color, alpha=0.7, label=name)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"live run, block {l + 1}: change of $R_c^{{var}}$ across attention")
+        ax.set_xlabel(r"$R_c^{var}(X_1) - R_c^{var}(X_0)$ per test image (nats)")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("images")
+    fig.tight_layout()
+    plt.show()
+
+
+def ch10_substep_table(spread, claims, L, eps_list):
+    """Per precision, block and state: share of images whose R_c^var the attention sub-step
+    lowers, mean change, mean cosine with -grad R_c^var, and the seed counts."""
+    print("  eps  network       block | lowered in (share of images)  | mean change       "
+          "| mean cos          | every image | on average")  # fmt: skip
+    for eps in (f"{e:g}" for e in eps_list):
+        for state, title in (("trained", "ToST trained"), ("init", "ToST at init")):
+            for l in range(L):
+                share = spread[f"{state}_attention_lowers_share_eps{eps}"][l]
+                change = spread[f"{state}_attention_change_eps{eps}"][l]
+                cos = spread[f"{state}_cos_mean_eps{eps}"][l]
+                every = claims[f"{state}_block{l + 1}_lowers_rc_var_in_every_image_eps{eps}"]
+                avg = claims[f"{state}_block{l + 1}_lowers_rc_var_on_average_eps{eps}"]
+                print(f"{eps:>5s}  {title:13s} {l + 1:5d} | {share['mean']:6.1%} ± {share['std']:5.1%} "
+                      f"(min {share['min']:6.1%}) | {change['mean']:+.3f} ± {change['std']:.3f} "
+                      f"| {cos['mean']:+.3f} ± {cos['std']:.3f} |   {every['held']} of {every['of']}"
+                      f"   |  {avg['held']} of {avg['of']}")  # fmt: skip
+
+
+def ch10_plot_substep_seeds(per_seed, L, eps_list):
+    """Per block and precision: the share of test images whose R_c^var falls, one point per seed."""
+    fig, axes = plt.subplots(1, L, figsize=(5.5 * L, 3.4))
+    for l, ax in enumerate(axes):
+        for k, eps in enumerate(f"{e:g}" for e in eps_list):
+            for state, color, dx in (("trained", "C0", -0.12), ("init", "C7", 0.12)):
+                vals = [r[state]["substep"][eps][l]["attention_lowers_share"] for r in per_seed]
+                ax.plot(np.full(len(vals), k + dx), vals, "o", color=color, ms=4,
+                        label=("trained" if state == "trained" else "at initialization") if k == 0 else None)  # fmt: skip
+        ax.set_xticks(range(len(eps_list)), [f"eps = {e:g}" for e in eps_list])
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(
+            f"block {l + 1}: share of test images whose $R_c^{{var}}$ falls, one point per seed"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
+def ch10_seeds_curves(prof_seeds, state, split, rep, key):
+    """(seeds, blocks): one quantity of layer_profile per block, for every seed."""
+    return np.array([[blk[rep][key] for blk in r[state][split]] for r in prof_seeds])
+
+
+def _ch10_band(ax, prof_seeds, state, split, rep, key, color, label, ls="-"):
+    ys = ch10_seeds_curves(prof_seeds, state, split, rep, key)  # (seeds, blocks)
+    x = np.arange(1, ys.shape[1] + 1)
+    for y in ys:
+        ax.plot(x, y, ls, color=color, lw=0.6, alpha=0.45)
+    m, s = ys.mean(0), ys.std(0, ddof=1)
+    ax.fill_between(x, m - s, m + s, color=color, alpha=0.2, lw=0)
+    ax.plot(x, m, ls, color=color, lw=2, marker="o", ms=3, label=label)
+    ax.set_xlabel("block $l$")
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+
+
+CH10_REPS = {"in": "TSSA input LN$_1(Z_{l-1})$", "tssa_out": "TSSA output $A$ (its own size)",
+             "tssa_out_scaled": "TSSA output, rescaled to the LN scale",
+             "out": "block output LN$_1(Z_l)$"}  # fmt: skip
+
+
+def ch10_plot_profile(prof_seeds, eps):
+    """R_c^var (polar bases) per block of the six-block ToST: one panel per kind of token;
+    trained on training (blue) and test images (orange), at initialization (grey)."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, (rep, title) in zip(axes, CH10_REPS.items()):
+        key = "rc_var_polar"
+        _ch10_band(ax, prof_seeds, "trained", "train", rep, key, "C0", "trained, training images")
+        _ch10_band(ax, prof_seeds, "trained", "test", rep, key, "C1", "trained, test images", "--")
+        _ch10_band(
+            ax, prof_seeds, "init", "test", rep, key, "C7", "at initialization, test images", ":"
+        )
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel(r"$R_c^{var}(\,\cdot\,,\Pi_l \mid U_l)$, nats per image")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"digits-tost-deep, {len(prof_seeds)} seeds: R_c^var per block "
+                 f"(eps = {eps:g}, polar bases)")  # fmt: skip
+    fig.tight_layout()
+    plt.show()
+
+
+def ch10_plot_offdiag(prof_seeds, covariances):
+    """Off-diagonal share per block (TSSA input, rescaled TSSA output; polar, QR, raw bases;
+    polar at initialization), and one head's covariance per basis in ``covariances``."""
+    colors = {"polar": "C0", "qr": "C2", "raw": "C3"}
+    fig, axes = plt.subplots(
+        1, 4, figsize=(16, 3.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1, 1]}
+    )
+    for ax, rep in zip(axes[:2], ("in", "tssa_out_scaled")):
+        for kind, color in colors.items():
+            _ch10_band(ax, prof_seeds, "trained", "test", rep, f"offdiag_{kind}", color,
+                       f"trained, {kind}")  # fmt: skip
+        _ch10_band(ax, prof_seeds, "init", "test", rep, "offdiag_polar", "C7",
+                   "at initialization, polar", ":")  # fmt: skip
+        ax.set_title(f"off-diagonal share: {CH10_REPS[rep]}", fontsize=10)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel(r"$\|offdiag(C)\|_F^2 / \|C\|_F^2$")
+    axes[0].legend(fontsize=7)
+    for ax, (kind, Ch) in zip(axes[2:], covariances.items()):
+        lim = np.abs(Ch).max()
+        ax.imshow(Ch, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(f"live run, block 1, head 1, {kind}\noff-diagonal share "
+                     f"{wb.analysis.offdiag_share(Ch):.2f}", fontsize=9)  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    plt.show()
+
+
+def ch10_profile_table(prof, prof_seeds):
+    """Per block of the six-block ToST, mean ± std over the seeds; then, per curve, in how many
+    seeds it is lower in the last block than in the first and in how many it falls at every block."""
+    sp6, cl6, L6 = prof["spread"], prof["claims"], prof["blocks"]
+
+    def ms6(name, l):
+        return f"{sp6[name][l]['mean']:6.3f} ± {sp6[name][l]['std']:.3f}"
+
+    print("block | R_c^var polar: input train | input test     | A rescaled test | |A| test       "
+          "| off-diag input: polar  | qr             | raw            | R_c^var - R_c^proj, input")  # fmt: skip
+    gap = (ch10_seeds_curves(prof_seeds, "trained", "test", "in", "rc_var_polar")
+           - ch10_seeds_curves(prof_seeds, "trained", "test", "in", "rc_proj_polar"))  # fmt: skip
+    names = ["train_in_rc_var_polar", "test_in_rc_var_polar", "test_tssa_out_scaled_rc_var_polar",
+             "test_tssa_out_length", "test_in_offdiag_polar", "test_in_offdiag_qr",
+             "test_in_offdiag_raw"]  # fmt: skip
+    for l in range(L6):
+        print(f"{l + 1:5d} | " + " | ".join(ms6(f"trained_{n}", l) for n in names)
+              + f" | {gap[:, l].mean():6.3f} ± {gap[:, l].std(ddof=1):.3f}")  # fmt: skip
+    rows = [("in", k) for k in ("rc_var_polar", "rc_var_qr", "rc_var_raw", "rc_proj_polar",
+                                "offdiag_polar", "offdiag_raw")]  # fmt: skip
+    rows += [("tssa_out", "rc_var_polar"), ("tssa_out", "length"), ("tssa_out_scaled", "rc_var_polar"),
+             ("tssa_out_scaled", "offdiag_polar"), ("out", "rc_var_polar"), ("out", "offdiag_polar")]  # fmt: skip
+    n6 = len(prof_seeds)
+    print(f"\nin how many of the {n6} seeds the trained network's curve ...")
+    print("curve                               | falls: train test | falls every block: train test")
+    for rep, key in rows:
+        cnt = [cl6[f"trained_{split}_{rep}_{key}_falls{tail}"] for tail in ("", "_every_block")
+               for split in ("train", "test")]  # fmt: skip
+        assert all(c["of"] == n6 for c in cnt)
+        print(f"{rep + ' ' + key:35s} |          {cnt[0]['held']}    {cnt[1]['held']} |"
+              f"                    {cnt[2]['held']}    {cnt[3]['held']}")  # fmt: skip
 
 
 # ---------------------------------------------------------------- chapter 11: a language model
