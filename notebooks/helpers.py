@@ -1031,6 +1031,87 @@ def ch10_substep_table(spread, claims, L, eps_list):
                       f"   |  {avg['held']} of {avg['of']}")  # fmt: skip
 
 
+CH10_ARMS = (
+    ("trained", "ToST's update", "C0"),
+    ("random", "random, same norms", "C7"),
+    ("softmax", "softmax net's update", "C1"),
+)
+
+
+def ch10_controls(per_seed, eps, block, key):
+    """{arm: per-seed values of ``key``} for one block's attention update and its two controls
+    (``analysis.update_controls``, stored by ``make results`` under trained/controls)."""
+    return {arm: np.array([r["trained"]["controls"][eps][block][arm][key] for r in per_seed])
+            for arm, _, _ in CH10_ARMS}  # fmt: skip
+
+
+def ch10_controls_table(per_seed, L, eps_list):
+    """Per precision and block: each arm's mean change of R_c^var, share of images lowered and
+    share of the update's energy along -grad R_c^var (mean +- std over the seeds)."""
+    print(
+        "  eps block  update                | change of R_c^var | images lowered | energy along -grad"
+    )
+    for eps in (f"{e:g}" for e in eps_list):
+        for l in range(L):
+            cols = [
+                ch10_controls(per_seed, eps, l, k)
+                for k in ("change_mean", "lowers_share", "cos2_mean")
+            ]
+            for arm, title, _ in CH10_ARMS:
+                ch, lo, e2 = (c[arm] for c in cols)
+                print(
+                    f"{eps:>5s} {l + 1:5d}  {title:21s} | {ch.mean():+.3f} ± {ch.std():.3f}    "
+                    f"| {lo.mean():6.1%} ± {lo.std():4.1%} | {e2.mean():6.1%} ± {e2.std():4.1%}"
+                )
+    print()
+
+
+def ch10_control_counts(per_seed, eps_list):
+    """What section 4's controls cell checks, per precision: block 1's energy share of ToST's
+    update over the random one's (per seed), the random update's share, the seeds in which ToST's
+    update lowers R_c^var further than the random one (blocks 1 and 2), and whether the softmax
+    network's update lowers R_c^var less and has a smaller share than ToST's in every seed."""
+    arms = lambda e, l, k: ch10_controls(per_seed, f"{e:g}", l, k)  # noqa: E731
+    further = lambda l: [int(np.sum(arms(e, l, "change_mean")["trained"] < arms(e, l, "change_mean")["random"]))
+                         for e in eps_list]  # fmt: skip
+    return {
+        "ratio": np.array([arms(e, 0, "cos2_mean")["trained"] / arms(e, 0, "cos2_mean")["random"] for e in eps_list]),
+        "random_share": np.array([arms(e, 0, "cos2_mean")["random"] for e in eps_list]),
+        "further_block1": further(0),
+        "further_block2": further(1),
+        "softmax_less": all(np.all(arms(e, 0, k)["softmax"] * s < arms(e, 0, k)["trained"] * s)
+                            for e in eps_list for k, s in (("change_mean", -1), ("cos2_mean", 1))),
+    }  # fmt: skip
+
+
+def ch10_plot_controls(per_seed, eps_list):
+    """Block 1: the change of R_c^var and the energy share along -grad R_c^var of ToST's attention
+    update and of the two controls, at each precision, one point per seed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for ax, key, title in (
+        (axes[0], "change_mean", "block 1: mean change of $R_c^{var}$"),
+        (axes[1], "cos2_mean", r"block 1: share of the update's energy along $-\nabla R_c^{var}$"),
+    ):
+        for k, eps in enumerate(f"{e:g}" for e in eps_list):
+            vals = ch10_controls(per_seed, eps, 0, key)
+            for j, (arm, label, color) in enumerate(CH10_ARMS):
+                ax.plot(
+                    np.full(len(vals[arm]), k + 0.2 * (j - 1)),
+                    vals[arm],
+                    "o",
+                    color=color,
+                    ms=4,
+                    label=label if k == 0 else None,
+                )
+        ax.set_xticks(range(len(eps_list)), [f"eps = {e:g}" for e in eps_list])
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+
 def ch10_plot_substep_seeds(per_seed, L, eps_list):
     """Per block and precision: the share of test images whose R_c^var falls, one point per seed."""
     fig, axes = plt.subplots(1, L, figsize=(5.5 * L, 3.4))
@@ -1069,7 +1150,8 @@ def _ch10_band(ax, prof_seeds, state, split, rep, key, color, label, ls="-"):
     ax.grid(alpha=0.3)
 
 
-CH10_REPS = {"in": "TSSA input LN$_1(Z_{l-1})$", "tssa_out": "TSSA output $A$ (its own size)",
+CH10_REPS = {"in": "TSSA input LN$_1(Z_{l-1})$", "in_scaled": "TSSA input, rescaled per image",
+             "tssa_out": "TSSA output $A$ (its own size)",
              "tssa_out_scaled": "TSSA output, rescaled to the LN scale",
              "out": "block output LN$_1(Z_l)$"}  # fmt: skip
 
@@ -1077,7 +1159,7 @@ CH10_REPS = {"in": "TSSA input LN$_1(Z_{l-1})$", "tssa_out": "TSSA output $A$ (i
 def ch10_plot_profile(prof_seeds, eps):
     """R_c^var (polar bases) per block of the six-block ToST: one panel per kind of token;
     trained on training (blue) and test images (orange), at initialization (grey)."""
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, len(CH10_REPS), figsize=(4 * len(CH10_REPS), 3.6))
     for ax, (rep, title) in zip(axes, CH10_REPS.items()):
         key = "rc_var_polar"
         _ch10_band(ax, prof_seeds, "trained", "train", rep, key, "C0", "trained, training images")
