@@ -87,6 +87,22 @@ def _metric(d: dict) -> str:
     return f"held-out loss {d['mean']:.3f} ± {d['std']:.3f} nats/char"
 
 
+def _stalled(d: dict) -> str:
+    """A sentence naming the seeds of a digits configuration that ended far below the others
+    (more than 0.1 under the median), with how many epochs their test accuracy stayed under 0.3."""
+    values = sorted(d["values"])
+    median = values[len(values) // 2]
+    out = []
+    for run in d["per_seed"]:
+        if run["value"] < median - 0.1:
+            low = sum(1 for h in run.get("history", []) if h.get("test_accuracy", 1.0) < 0.3)
+            out.append(
+                f"seed {run['seed']} ended at {run['value']:.4f}, its test accuracy under 0.3 for "
+                f"{low} of {len(run.get('history', []))} epochs"
+            )
+    return (" At that setting " + "; ".join(out) + ".") if out else ""
+
+
 def _paired_wins(a: dict, b: dict) -> tuple[int, int]:
     """In how many seeds ``a`` beats ``b`` (same seed, same data order)."""
     sign = 1 if a["better"] == "max" else -1
@@ -127,7 +143,7 @@ def results_table(results: dict, tuning: dict | None) -> str:
         lines.append(
             "- ToST-CAB (`--model tost-cab`: conv stem with BatchNorm, Fourier positions, class "
             "attention; `docs/deviations.md`) is not tuned on its own: it gets the simplified "
-            "ToST's chosen setting."
+            "ToST's chosen setting." + _stalled(results["digits-tost-cab"])
         )
     if tuning and "seeds" not in tuning:  # the one-seed grid of results made before issue 20
         grid = tuning["grid"]

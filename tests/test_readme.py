@@ -78,3 +78,19 @@ def test_core_claim_check_catches_a_stale_sentence():
     assert _core_claim_problems(text.replace("<!-- core:end -->", "")) != []
     # and the script regenerates the true sentence from any of them
     assert _readme_tables().render(stale) == text
+
+
+def test_a_seed_that_stalled_is_named_with_its_epochs_under_0_3():
+    mod = _readme_tables()
+
+    def run(seed, value, accs):
+        return {"seed": seed, "value": value, "history": [{"test_accuracy": a} for a in accs]}
+
+    fine = {"values": [0.98, 0.97, 0.99], "per_seed": [run(0, 0.98, [0.5, 0.98]),
+            run(1, 0.97, [0.2, 0.97]), run(2, 0.99, [0.9, 0.99])]}  # fmt: skip
+    assert mod._stalled(fine) == ""  # a slow first epoch is not a stall
+    stalled = {"values": [0.98, 0.25, 0.99], "per_seed": [run(0, 0.98, [0.5, 0.98]),
+               run(1, 0.25, [0.1, 0.12, 0.25, 0.31]), run(2, 0.99, [0.9, 0.99])]}  # fmt: skip
+    assert mod._stalled(stalled) == (
+        " At that setting seed 1 ended at 0.2500, its test accuracy under 0.3 for 3 of 4 epochs."
+    )

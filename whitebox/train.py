@@ -67,7 +67,7 @@ TASKS = ("digits", "text", "subspaces")
 #: ToST setting that ``make results`` chose on a validation split (``results/tuning.json``).
 DEFAULTS = {
     "digits": dict(
-        depth=2, dim=64, heads=4, epochs=100, steps=None, batch_size=64, lr=4e-3,
+        depth=2, dim=64, heads=4, epochs=100, steps=None, batch_size=64, lr=8e-3,
         weight_decay=0.05, warmup=100, label_smoothing=0.1, clip=1.0, patch_size=2,
         eval_every=None,
     ),
