@@ -415,7 +415,9 @@ def write(path: Path, data: dict) -> None:
 def merge_tuning(old: dict, fresh: dict, to_tune: list, where: dict) -> dict:
     """``results/tuning.json``: the models just tuned replace their old entries."""
     old = old or {"runs": [], "chosen": {}, "grid": {}, "settings": {}, "budget": {}}
-    keep = lambda d: {k: v for k, v in d.items() if k not in to_tune}  # noqa: E731
+    # entries of models not tuned now survive; anything else of the old file (the one shared
+    # grid of the one-seed procedure, keyed "lr"/"weight_decay") does not
+    keep = lambda d: {k: v for k, v in d.items() if k in CONFIGS and k not in to_tune}  # noqa: E731
     budget = keep(old.get("budget")) if isinstance(old.get("budget"), dict) else {}
     for task in sorted({CONFIGS[n][0] for n in to_tune}):
         counts = {

@@ -358,3 +358,23 @@ def test_tuning_procedure_extends_every_edge_with_the_same_budget_per_task(monke
                 key=lambda s: math.log(s[0] / lr0) ** 2 + 0.3 * math.log(s[1] / wd0) ** 2,
             )
             assert (chosen["lr"], chosen["weight_decay"]) == near, name
+
+
+def test_merging_tuning_drops_the_old_shared_grid_and_keeps_models_not_retuned():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_script", ROOT / "scripts" / "results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    old = {  # the one-seed file: one grid shared by every model
+        "grid": {"lr": [0.002, 0.004, 0.01], "weight_decay": [0.05, 0.1]},
+        "settings": {}, "budget": {}, "chosen": {"digits-tssa": {"lr": 0.004}, "text-tssa": {"lr": 0.01}},
+        "runs": [{"config": "digits-tssa", "lr": 0.004}, {"config": "text-tssa", "lr": 0.01}],
+    }  # fmt: skip
+    fresh = {"grid": {"digits-tssa": {"lr": [0.004, 0.008], "weight_decay": [0.05]}},
+             "settings": {}, "chosen": {"digits-tssa": {"lr": 0.008}},
+             "runs": [{"config": "digits-tssa", "lr": 0.008, "seed": 0}]}  # fmt: skip
+    merged = mod.merge_tuning(old, fresh, ["digits-tssa"], {})
+    assert set(merged["grid"]) == {"digits-tssa"}  # no stale top-level "lr"/"weight_decay"
+    assert merged["chosen"] == {"digits-tssa": {"lr": 0.008}, "text-tssa": {"lr": 0.01}}
+    assert merged["runs"] == [old["runs"][1], fresh["runs"][0]]

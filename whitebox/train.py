@@ -72,7 +72,7 @@ DEFAULTS = {
         eval_every=None,
     ),
     "text": dict(
-        depth=2, dim=64, heads=4, epochs=None, steps=1500, batch_size=32, lr=1e-2,
+        depth=2, dim=64, heads=4, epochs=None, steps=1500, batch_size=32, lr=8e-2,
         weight_decay=0.05, warmup=100, label_smoothing=0.0, clip=1.0, block_size=64,
         eval_every=250,
     ),
