@@ -294,3 +294,48 @@ def test_script_summaries(tmp_path):
     with pytest.raises(SystemExit) as e:
         script.main(["--seeds", "x"])
     assert e.value.code == 2
+
+
+def test_synthetic_lr_search_extends_edges_for_both_models_and_picks_inside(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "mechanism.py"
+    spec = importlib.util.spec_from_file_location("mechanism_script2", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # a made-up validation loss with its minimum at lr 0.001 for ToST (below the first grid) and
+    # at 0.01 for GPT (inside); a diverged run reports NaN and must count as the worst
+    best = {"text-tssa": 0.001, "text-softmax": 0.01}
+    calls = []
+
+    def fake_train(name, seed, flags, extra=(), tag=None, reuse=True):
+        calls.append((name, flags["lr"], seed))
+        assert (
+            flags["holdout"] is True
+            and flags["text_file"] == "lag.txt"
+            and tag.startswith("lag2tune")
+        )
+        out = tmp_path / f"{tag}-seed{seed}"
+        out.mkdir(exist_ok=True)
+        loss = abs(math.log(flags["lr"] / best[name])) + 0.01 * seed
+        if name == "text-softmax" and flags["lr"] > 0.05:
+            loss = float("nan")
+        (out / "result.json").write_text(json.dumps({"val_loss_nats_per_char": loss}))
+        return out
+
+    monkeypatch.setattr(script, "train", fake_train)
+    settings = {n: {"lr": 0.08, "weight_decay": 0.05} for n in script.MODELS}
+    out = script.tune_synthetic(settings, "lag.txt", ("--steps", "3"), reuse=False)
+    for n in script.MODELS:
+        lrs = out[n]["grid"]
+        assert lrs == sorted(lrs) and len(lrs) >= 4 and out[n]["inside"]
+        assert lrs[0] < out[n]["chosen_lr"] < lrs[-1]
+        assert {(r["lr"], r["seed"]) for r in out[n]["runs"]} == {
+            (lr, s) for lr in lrs for s in script.SYNTHETIC_TUNE_SEEDS
+        }
+    assert out["text-tssa"]["chosen_lr"] == pytest.approx(0.001)
+    assert out["text-softmax"]["chosen_lr"] == pytest.approx(0.01)
+    assert out["text-tssa"]["grid"] == out["text-softmax"]["grid"]  # the same budget for both
+    assert len(calls) == len(set(calls))  # no run twice
