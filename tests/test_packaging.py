@@ -131,6 +131,7 @@ def test_the_library_depends_on_exactly_what_it_imports():
 def test_dev_extra_holds_what_tests_and_notebooks_import():
     imported = third_party_imports(sorted((ROOT / "tests").glob("*.py"))) - OPTIONAL
     imported -= {p.stem for p in (ROOT / "tests").glob("*.py")}  # the tests' own helpers
+    imported -= {p.stem for p in (ROOT / "notebooks").glob("*.py")}  # the chapters' helpers.py
     imported |= {"sympy"}  # the notebooks' derivations, run by nbval
     provided = {**_parse(PROJECT["dependencies"]), **extra("dev")}
     provided |= {"nbclient": "", "matplotlib-inline": ""}  # come with nbconvert / ipykernel
