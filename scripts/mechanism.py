@@ -24,10 +24,10 @@ the character at t-k is replaced; (d) the synthetic task's loss against its entr
     python scripts/mechanism.py --seeds 0 1 2    # fewer seeds
     python scripts/mechanism.py --out runs/x.json
 
-Time: per seed, two text runs side by side (about 80 s on 2 idle cores, as in make results) and
-two synthetic runs (about 55 s), then about 20 s of measurements: some 13 minutes for seeds
-0-4 on an idle 2-core machine (about 6 when make results has left its text runs). On the shared
-2-core machine where it was written (load 9-11), each seed took about 15 minutes. The JSON
+Time: the synthetic task's lr search (12 runs of about 50-70 s, 8 more for each extension: 20
+this time), then per seed two synthetic runs and, unless make results left them, two text runs
+(about 80 s side by side), then about 20 s of measurements: 848 s in all on 2 cores with the
+text runs of make results reused (05 Dec 2026). The JSON
 records the seconds it took (``seconds``) and every run's own (``runs/.../result.json``).
 """
 

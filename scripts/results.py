@@ -33,7 +33,7 @@ the table between the ``<!-- results:start -->`` and ``<!-- results:end -->`` ma
 README.md. Nothing in the table is typed by hand. Checkpoints go to ``runs/results/`` (ignored
 by git); ``--reuse`` keeps runs that finished there before (e.g. to redo only the analysis).
 
-    python scripts/results.py                # everything (about 70 minutes on 2 cores)
+    python scripts/results.py                # everything (about 75 minutes on 2 cores)
     python scripts/results.py --reuse        # only what is missing
     python scripts/results.py --only digits-tssa --reuse
     python scripts/results.py --only digits-tost-deep   # chapter 10's six-block network
