@@ -7,6 +7,9 @@ non-causal layer on each prefix) live here, where they can fail a build.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -14,17 +17,11 @@ import sympy as sp
 from whitebox import nn
 from whitebox.gradcheck import check_directional, numerical_grad, rel_error
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
+import helpers  # noqa: E402  (notebooks/helpers.py: the chapters' plotting and demo helpers)
 
-def _random_params(D, H, block_size, rng, temp_range=(0.5, 2.0)):
-    # weights of order 1/sqrt(D), so that the statistics are of order 1; a nonzero denom_bias
-    return {
-        "qkv.weight": rng.standard_normal((D, D)) / np.sqrt(D),
-        "qkv.bias": 0.1 * rng.standard_normal(D),
-        "temp": rng.uniform(*temp_range, size=(H, 1)),
-        "denom_bias": 0.1 * rng.standard_normal((H, block_size, 1)),
-        "proj.weight": rng.standard_normal((D, D)) / np.sqrt(D),
-        "proj.bias": 0.1 * rng.standard_normal(D),
-    }
+#: the chapter's parameters (weights of order 1/sqrt(D), a nonzero position bias denom_bias)
+_random_params = helpers.ch8_random_params
 
 
 def _recurrent(x, params):
