@@ -606,7 +606,9 @@ def test_tost_cab_parity(training, stages, H):
     assert_grads_match(interop.official_grads(ours), torch_grads(theirs), 1e-10)
     after = interop.official_state(ours)
     for k, v in torch_state(theirs).items():
-        np.testing.assert_allclose(after[k], v, rtol=1e-12, atol=0, err_msg=k)
+        # relative to the buffer's scale: an entry that cancels to near 0 (a running mean of
+        # 2e-5 among entries of 0.3) keeps only absolute precision
+        np.testing.assert_allclose(after[k], v, rtol=1e-12, atol=1e-12 * np.abs(v).max(), err_msg=k)
     # and back: the public model loads whitebox's state with strict names
     fresh = TorchToSTCAB(3, 5, dim, 2, 2, stages, eta).double()
     fresh.load_state_dict({k: torch.tensor(v) for k, v in after.items()}, strict=True)
