@@ -114,7 +114,7 @@ results: venv results-long
 	$(BIN)/python scripts/results.py
 	$(BIN)/python scripts/mechanism.py
 
-# The long-sequence experiments of chapter 13 (results/long-*.json; about 10 minutes on 2 idle cores).
+# The long-sequence experiments of chapter 13 (results/long-*.json; about 38 minutes on 2 cores).
 results-long: venv
 	$(BIN)/python scripts/long_results.py
 

@@ -1503,14 +1503,15 @@ def ch13_limits(runs, tuning, margin=0.05):
     ``longest_seeds`` (task -> number of seeds there), ``shared_seeds`` (the fewest seeds of any
     file at a shared length),
     ``recall_at_chance`` ((attention, n) -> (seeds that do not beat the most frequent answer by
-    ``margin``, seeds)), ``steps`` (the step
-    budgets used), ``lrs`` (attention -> the learning rates used over all tasks) and ``tuned_on``
-    (the task and length the learning rates were chosen on)."""
+    ``margin``, seeds)), ``steps`` (the step budgets used), ``lrs`` (attention -> task -> the
+    learning rates used on that task, over all lengths), ``tuned_on`` (task -> the length its
+    rates were chosen at) and ``inside`` (task -> attention -> whether the chosen rate lies
+    strictly inside that task's final grid)."""
     rs = list(runs.values())
     by = {}
     for r in rs:
         by.setdefault((r["task"], r["attention"]), set()).add(r["seq_len"])
-    tasks = {t for t, _ in by}
+    tasks = sorted({t for t, _ in by})
     shared = set()
     for t in tasks:
         shared |= by.get((t, "tssa"), set()) & by.get((t, "softmax"), set())
@@ -1535,17 +1536,24 @@ def ch13_limits(runs, tuning, margin=0.05):
         },
         "steps": sorted({r["steps"] for r in rs}),
         "lrs": {
-            a: sorted({r["setting"]["lr"] for r in rs if r["attention"] == a})
+            a: {
+                t: sorted({r["setting"]["lr"] for r in rs if (r["attention"], r["task"]) == (a, t)})
+                for t in tasks
+            }
             for a in ("tssa", "softmax")
         },
-        "tuned_on": (tuning["task"], tuning["tune_len"]),
+        "tuned_on": {t: rec["tune_len"] for t, rec in tuning["tasks"].items()},
+        "inside": {
+            t: {a: min(rec["grid"]) < c["lr"] < max(rec["grid"]) for a, c in rec["chosen"].items()}
+            for t, rec in tuning["tasks"].items()
+        },
     }
 
 
 def ch13_say_limits(lim):
     """The limits of ``ch13_limits`` as four plain sentences (printed)."""
     say = lambda ns: " and ".join(f"{n:,}" for n in ns)  # noqa: E731
-    print(f"1. ToST and softmax attention were compared at n = {say(lim['shared_lengths'])} only "
+    print(f"1. ToST and softmax attention were compared at n = {say(lim['shared_lengths'])} "
           f"(ToST ran at n = {say(lim['lengths']['tssa'])}, "
           f"softmax attention at n = {say(lim['lengths']['softmax'])}).")  # fmt: skip
     seeds = ", ".join(f"{k} seeds on {t}" for t, k in sorted(lim["longest_seeds"].items()))
@@ -1555,10 +1563,59 @@ def ch13_say_limits(lim):
               for (a, n), (k, m) in sorted(lim["recall_at_chance"].items())]  # fmt: skip
     print(f"3. the recall after {' or '.join(str(s) for s in lim['steps'])} steps is at chance "
           "(not above the most frequent answer + 0.05): " + "; ".join(chance) + ".")  # fmt: skip
-    lrs = ", ".join(f"{a} {' and '.join(str(v) for v in vs)}" for a, vs in lim["lrs"].items())
-    task, n = lim["tuned_on"]
-    print(f"4. learning rates over every task and length: {lrs}; "
-          f"chosen on the task '{task}' at n = {n:,}.")  # fmt: skip
+    lrs = "; ".join(
+        f"{a}: " + ", ".join(f"{t} {' and '.join(str(v) for v in vs)}" for t, vs in by.items())
+        for a, by in lim["lrs"].items()
+    )
+    where = ", ".join(f"{t} at n = {n:,}" for t, n in lim["tuned_on"].items())
+    print(f"4. learning rates by task ({lrs}), each chosen on that task's validation set "
+          f"({where}).")  # fmt: skip
+
+
+def ch13_recall_by_hand(num_keys=64, num_values=8, max_len=4096, seed=0):
+    """The chapter's softmax classifier (width 32, 2 heads of 16, pool="last") with weights set
+    by hand to answer ``make_recall``: the layer *can* represent the lookup. Returns the model.
+
+    Residual coordinates: 0-15 a key code (random unit vectors of mean 0, one per key), 16-23
+    a value code (one-hot minus 1/8), 24-31 a filler that gives the query a pair's length.
+    Every mean is 0, so LayerNorm only rescales. Embeddings are 100 times the codes, so the
+    sinusoidal positions (size 1) are small beside them. Head 1: query and key both read the
+    key code (scores 60 q.k / 4: a needle outscores a pair of another key by 0.2 x 350 at the
+    worst pair of codes); its value reads the value code, which the output projection writes
+    back (times 100) to coordinates 16-23, where the head reads it. The query's key code is
+    0.9 long, so that it prefers the needle to itself. Head 2, the MLP: zero."""
+    from whitebox.sequence import SequenceClassifier
+
+    K, V, D, p, big, sharp = num_keys, num_values, 32, 16, 100.0, 60.0
+    model = SequenceClassifier(K * (V + 1), V, max_len, attention="softmax", pool="last",
+                               seed=seed)  # fmt: skip
+    codes = np.random.default_rng(seed).standard_normal((K, p))
+    codes -= codes.mean(1, keepdims=True)
+    codes /= np.linalg.norm(codes, axis=1, keepdims=True)
+    value = np.eye(V) - 1.0 / V  # squared length 0.875
+    E = np.zeros((K * (V + 1), D))
+    for k in range(K):
+        E[k * V : (k + 1) * V, :p], E[k * V : (k + 1) * V, p : p + V] = codes[k], value
+        E[K * V + k, :p] = 0.9 * codes[k]  # the query of key k
+        E[K * V + k, p + V : p + 2 * V] = value[0] * np.sqrt((1 + 0.875 - 0.81) / 0.875)
+    qkv, proj, head = np.zeros((D, 3 * D)), np.zeros((D, D)), np.zeros((D, V))
+    qkv[:p, :p] = qkv[:p, D : D + p] = np.sqrt(sharp) * np.eye(p)  # head 1: query, key
+    qkv[p : p + V, 2 * D : 2 * D + V] = np.eye(V)  # head 1: value
+    proj[:V, p : p + V] = big * np.eye(V)
+    head[p : p + V] = np.eye(V)
+    blk = model.blocks[0]
+    set_to = {model.embed: {"weight": big * E}, blk.attn: {"qkv.weight": qkv, "proj.weight": proj},
+              model.head: {"weight": head}}  # fmt: skip
+    for module in (model.embed, blk.attn, blk.mlp.c_fc, blk.mlp.c_proj, model.head):
+        for name, w in module.params.items():  # biases and the MLP: zero
+            w[...] = set_to.get(module, {}).get(name, 0.0)
+    return model
+
+
+def ch13_accuracy(model, x, y, chunk=4):
+    """Test accuracy of ``model`` on ``x, y``, ``chunk`` sequences at a time."""
+    pred = np.concatenate([model.forward(x[i : i + chunk]).argmax(1) for i in range(0, len(x), chunk)])  # fmt: skip
+    return float(np.mean(pred == y))
 
 
 def ch13_plot(runs, scaling):

@@ -4,10 +4,13 @@ Three tasks from ``whitebox.data``, no download: ListOps (the Long Range Arena's
 down), a count comparison (``make_majority``: a global statistic) and an associative recall
 (``make_recall``: one token chosen by the query). For each task and each attention:
 
-1. tuning: each attention's learning rate on a validation set of the count comparison, grid
-   LR_GRID, two seeds, at TUNE_LEN tokens (short, so that the grid is affordable); the same
-   grid, steps and batch for both; the chosen rate is then used on every task;
-2. training at TRAIN_LEN tokens over SEEDS, test accuracy on a fixed test set;
+1. tuning: a learning rate per task and attention, on a validation set of that task at
+   TUNE_LEN[task] tokens, by the mean over TUNE_SEEDS of the validation accuracy (ties broken
+   by the mean validation loss); the grid starts at LR_GRID and is extended one step of the
+   1-3-10 ladder beyond an edge while the best rate of either attention sits on it (at most
+   MAX_EXTEND times a side); both attentions get the same grid, steps and batch;
+2. training at TRAIN_LENS tokens (ListOps: its trees, padded to 512) over SEEDS, test accuracy
+   on a fixed test set;
 3. ToST alone at LONG_LEN tokens (count comparison and recall), where softmax attention's score
    matrix (B H n^2 float32) exceeds SCORE_BUDGET;
 4. the cost of one training step against the length: seconds and peak memory (tracemalloc,
@@ -15,8 +18,10 @@ down), a count comparison (``make_majority``: a global statistic) and an associa
 
 Writes results/long-<task>-<attention>-<n>.json (the schema of the other results files plus
 ``seq_len``), results/long-tuning.json and results/long-scaling.json. ``--jobs`` runs at a time
-(default 2), one BLAS thread each; 9.4 minutes in all on 2 idle cores (05 Dec 2026; five seeds
-at 16,384 tokens are 7.5 of them). Run: ``python scripts/long_results.py`` (``make results-long``).
+(default 2), one BLAS thread each. Run: ``python scripts/long_results.py`` (``make
+results-long``); ``--skip-cost`` keeps results/long-scaling.json (time it on an idle machine).
+On 2 cores (05 Dec 2026): tuning 10 minutes, training 27 (softmax attention at 2,048 tokens,
+140 s a run, is half of it), the cost sweep about 1.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -56,9 +62,11 @@ RESULTS = ROOT / "results"
 
 MODEL = dict(dim=32, depth=1, num_heads=2, mlp_ratio=2)  # tiny: 2 shared CPU cores
 BATCH, STEPS, WARMUP, CLIP, WEIGHT_DECAY = 4, 300, 30, 1.0, 0.05
-LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)  #: the starting grid of every task
+MAX_EXTEND = 2  #: an edge that wins is extended along the 1-3-10 ladder, at most this often
 TUNE_SEEDS, SEEDS = (0, 1), (0, 1, 2, 3, 4)
-TUNE_LEN, TRAIN_LEN, LONG_LEN = 256, 512, 16384
+TRAIN_LENS, LONG_LEN = (1024, 2048), 16384  #: both attentions at TRAIN_LENS, ToST at LONG_LEN
+TUNE_LEN = {"listops": 512, "majority": 1024, "recall": 1024}  #: validation length per task
 LONG_SEEDS = SEEDS  # five seeds at 16,384 too (about 90 s a run on an idle core)
 N_TEST, N_VAL = 400, 200
 SCORE_BUDGET = 1 << 30  #: bytes: softmax attention's score matrix B H n^2 float32 must fit
@@ -79,7 +87,6 @@ TASKS = {
     ),
 }
 ATTENTIONS = ("tssa", "softmax")
-TUNE_TASK = "majority"
 MODEL_NAME = {"tssa": "tost", "softmax": "transformer"}
 _LISTOPS = {}  # filled in the parent before the workers fork
 
@@ -131,12 +138,14 @@ def train_step(model, opt, x, y, lr):
     return loss
 
 
-def accuracy(model, x, y, chunk):
-    hits = sum(
-        int((model.forward(x[i : i + chunk]).argmax(1) == y[i : i + chunk]).sum())
-        for i in range(0, len(x), chunk)
-    )
-    return hits / len(x)
+def evaluate(model, x, y, chunk):
+    """(accuracy, mean cross-entropy) of ``model`` on ``x, y``, ``chunk`` sequences at a time."""
+    hits, loss = 0, 0.0
+    for i in range(0, len(x), chunk):
+        logits = model.forward(x[i : i + chunk])
+        hits += int((logits.argmax(1) == y[i : i + chunk]).sum())
+        loss += cross_entropy(logits, y[i : i + chunk])[0] * len(logits)
+    return hits / len(x), loss / len(x)
 
 
 def run(job):
@@ -154,12 +163,75 @@ def run(job):
     seconds = time.perf_counter() - t0
     size = N_VAL if split == "val" else N_TEST
     x, y = batch(task, n, split, 0, size)
-    acc = accuracy(model, x, y, chunk=max(1, 8192 // n * 4))
+    acc, loss = evaluate(model, x, y, chunk=max(1, 8192 // n * 4))
     return dict(
-        job, value=round(acc, 4), seconds=round(seconds, 1),
+        job, value=round(acc, 4), loss=round(float(loss), 4), seconds=round(seconds, 1),
         seconds_per_step=round(seconds / STEPS, 4), params=model.num_parameters(),
         final_train_loss=round(float(np.mean(losses[-50:])), 4),
     )  # fmt: skip
+
+
+# ---- tuning ----------------------------------------------------------------------------------------
+
+
+def tuning_config() -> dict:
+    """What a tuning record depends on (a stored one is reused only if all of it agrees)."""
+    return {"grid_start": list(LR_GRID), "ladder": "1-3-10", "max_extend": MAX_EXTEND,
+            "seeds": list(TUNE_SEEDS), "tune_len": dict(TUNE_LEN), "steps": STEPS,
+            "batch": BATCH, "weight_decay": WEIGHT_DECAY,
+            "rule": "best mean validation accuracy over the seeds; ties: lower mean validation loss"}  # fmt: skip
+
+
+def choose(grid, runs) -> dict:
+    """The best rate of ``grid`` for one attention: highest mean accuracy over the seeds, ties
+    broken by the lower mean loss. ``runs``: dicts with ``lr``, ``value`` (accuracy), ``loss``.
+    Returns ``lr``, ``inside`` (strictly inside the grid) and the means per rate."""
+    acc = {lr: statistics.mean(r["value"] for r in runs if r["lr"] == lr) for lr in grid}
+    loss = {lr: statistics.mean(r["loss"] for r in runs if r["lr"] == lr) for lr in grid}
+    best = max(grid, key=lambda lr: (acc[lr], -loss[lr]))
+    return dict(
+        lr=best, inside=min(grid) < best < max(grid),
+        val_accuracy={str(k): round(v, 4) for k, v in acc.items()},
+        val_loss={str(k): round(v, 4) for k, v in loss.items()},
+    )  # fmt: skip
+
+
+def ladder(lr, up):
+    """The next rate of the 1-3-10 ladder above (``up``) or below ``lr``: 1e-3 -> 3e-3 -> 1e-2."""
+    e = math.floor(math.log10(lr) + 1e-9)
+    one = abs(lr / 10**e - 1) < 1e-6  # a 1 (else a 3) times a power of ten
+    if up:
+        return float(f"{3 * 10**e:.0e}") if one else float(f"{10 ** (e + 1):.0e}")
+    return float(f"{3 * 10 ** (e - 1):.0e}") if one else float(f"{10**e:.0e}")
+
+
+def tune(task, map_runs) -> dict:
+    """Both attentions' learning rates for ``task``: the same grid for both, extended one step
+    of the 1-3-10 ladder beyond an edge while either's best sits on it, at most MAX_EXTEND
+    times a side.
+    ``map_runs(jobs) -> results`` runs the jobs (a process pool's map, or a stand-in)."""
+    grid, done, extended = sorted(LR_GRID), [], {"low": 0, "high": 0}
+    while True:
+        have = {(r["attention"], r["lr"], r["seed"]) for r in done}
+        jobs = [
+            dict(task=task, attention=a, n=TUNE_LEN[task], seed=s, lr=lr, split="val")
+            for a in ATTENTIONS for lr in grid for s in TUNE_SEEDS
+            if (a, lr, s) not in have
+        ]  # fmt: skip
+        done += map_runs(jobs)
+        chosen = {a: choose(grid, [r for r in done if r["attention"] == a]) for a in ATTENTIONS}
+        lows = [c for c in chosen.values() if c["lr"] == grid[0]]
+        highs = [c for c in chosen.values() if c["lr"] == grid[-1]]
+        if lows and extended["low"] < MAX_EXTEND:
+            grid, extended["low"] = [ladder(grid[0], up=False)] + grid, extended["low"] + 1
+        elif highs and extended["high"] < MAX_EXTEND:
+            grid, extended["high"] = grid + [ladder(grid[-1], up=True)], extended["high"] + 1
+        else:
+            break
+    return {
+        "tune_len": TUNE_LEN[task], "grid": grid, "extended": extended, "chosen": chosen,
+        "runs": [{k: r[k] for k in ("attention", "lr", "seed", "value", "loss")} for r in done],
+    }  # fmt: skip
 
 
 # ---- cost against length ---------------------------------------------------------------------
@@ -264,6 +336,7 @@ def result_file(task, attention, n, setting, rows, where):
                 for k in (
                     "seed",
                     "value",
+                    "loss",
                     "params",
                     "seconds",
                     "seconds_per_step",
@@ -296,53 +369,34 @@ def main(argv=None) -> int:
     _LISTOPS.update(listops_pool())
     print(f"ListOps data: {time.time() - t_start:.0f} s", flush=True)
     pairs = [(t, a) for t in TASKS for a in ATTENTIONS]
+    old = RESULTS / "long-tuning.json"
+    old = json.loads(old.read_text()) if args.reuse_tuning and old.exists() else {}
     with mp.get_context("fork").Pool(args.jobs) as pool:
-        # 1. each attention's learning rate on validation (count comparison, TUNE_LEN tokens)
-        jobs = [
-            dict(task=TUNE_TASK, attention=a, n=TUNE_LEN, seed=s, lr=lr, split="val")
-            for a in ATTENTIONS for lr in LR_GRID for s in TUNE_SEEDS
-        ]  # fmt: skip
-        old = RESULTS / "long-tuning.json"
-        old = json.loads(old.read_text()) if args.reuse_tuning and old.exists() else {}
-        same = {"task": TUNE_TASK, "grid": list(LR_GRID), "seeds": list(TUNE_SEEDS),
-                "tune_len": TUNE_LEN, "steps": STEPS, "batch": BATCH}  # fmt: skip
-        if old and all(old.get(k) == v for k, v in same.items()):
-            done = [dict(r, task=TUNE_TASK) for r in old["runs"]]
-            print("tuning: reused results/long-tuning.json", flush=True)
-        else:
-            done = pool.map(run, jobs, chunksize=1)
-        tuning = {"task": TUNE_TASK, "grid": list(LR_GRID), "seeds": list(TUNE_SEEDS),
-                  "tune_len": TUNE_LEN, "steps": STEPS, "batch": BATCH, "chosen": {},
-                  "runs": [{k: r[k] for k in ("attention", "lr", "seed", "value")} for r in done]}  # fmt: skip
-        for a in ATTENTIONS:
-            means = {
-                lr: statistics.mean(
-                    r["value"] for r in done if (r["attention"], r["lr"]) == (a, lr)
-                )
-                for lr in LR_GRID
-            }
-            # the best mean validation accuracy; a tie goes to the rate nearest the grid's
-            # (geometric) middle
-            mid = np.sqrt(LR_GRID[0] * LR_GRID[-1])
-            best = max(LR_GRID, key=lambda lr: (means[lr], -abs(np.log(lr / mid))))
-            tuning["chosen"][a] = dict(
-                lr=best, inside=LR_GRID[0] < best < LR_GRID[-1],
-                val_accuracy={str(k): round(v, 4) for k, v in means.items()},
-            )  # fmt: skip
-            print(f"tuning {a}: {means} -> {best}", flush=True)
+        # 1. a learning rate per task and attention, on validation
+        tuning = dict(tuning_config(), tasks={})
+        for task in TASKS:
+            if old and all(old.get(k) == v for k, v in tuning_config().items()):
+                tuning["tasks"][task] = old["tasks"][task]
+                print(f"tuning {task}: reused results/long-tuning.json", flush=True)
+                continue
+            tuning["tasks"][task] = tune(task, lambda jobs: pool.map(run, jobs, chunksize=1))
+            for a, c in tuning["tasks"][task]["chosen"].items():
+                print(f"tuning {task} {a}: {c['val_accuracy']} -> {c['lr']}", flush=True)
         write(RESULTS / "long-tuning.json", tuning)
         print(f"tuning done: {time.time() - t_start:.0f} s", flush=True)
-        # 2. both attentions at TRAIN_LEN over SEEDS; 3. ToST alone at LONG_LEN
+        lr = {(t, a): tuning["tasks"][t]["chosen"][a]["lr"] for t, a in pairs}
+        # 2. both attentions at TRAIN_LENS over SEEDS; 3. ToST alone at LONG_LEN
         jobs = [
-            dict(task=t, attention=a, n=TRAIN_LEN if t != "listops" else LISTOPS["max_length"],
-                 seed=s, lr=tuning["chosen"][a]["lr"], split="test")
-            for t, a in pairs for s in SEEDS
-        ]  # fmt: skip
+            dict(task=t, attention=a, n=n, seed=s, lr=lr[t, a], split="test")
+            for t, a in pairs
+            for n in (TRAIN_LENS if t != "listops" else (LISTOPS["max_length"],))
+            for s in SEEDS
+        ]
         jobs = [
-            dict(task=t, attention="tssa", n=LONG_LEN, seed=s,
-                 lr=tuning["chosen"]["tssa"]["lr"], split="test")
-            for t in ("majority", "recall") for s in LONG_SEEDS
-        ] + jobs  # the longest first  # fmt: skip
+            dict(task=t, attention="tssa", n=LONG_LEN, seed=s, lr=lr[t, "tssa"], split="test")
+            for t in ("majority", "recall")
+            for s in SEEDS
+        ] + sorted(jobs, key=lambda j: -j["n"])  # the longest first
         done = []
         for r in pool.imap_unordered(run, jobs, chunksize=1):
             done.append(r)
@@ -356,6 +410,11 @@ def main(argv=None) -> int:
         write(RESULTS / f"long-{t}-{a}-{n}.json", result_file(t, a, n, setting, rows, where))
         print(f"{t:9s} {a:8s} n={n:6d}: {[r['value'] for r in sorted(rows, key=lambda r: r['seed'])]}",
               flush=True)  # fmt: skip
+    made = {f"long-{t}-{a}-{n}.json" for t, a, n in groups}
+    for stale in RESULTS.glob("long-*-*-*.json"):
+        if stale.name not in made:  # a length or task this script no longer runs
+            stale.unlink()
+            print(f"removed {stale.name} (not made by this run)", flush=True)
     print(f"training done: {time.time() - t_start:.0f} s", flush=True)
     # 4. cost against length, one process (nothing else running)
     if args.skip_cost:

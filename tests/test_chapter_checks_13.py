@@ -65,7 +65,8 @@ def _independent_limits(runs):
             r = runs[f"long-{t}-{a}-{n}"]
             floor = r["majority_class_share"] + 0.05
             recall[a, n] = (int(np.sum(np.array(r["values"]) < floor)), len(r["values"]))
-    lrs = {a: sorted({r["setting"]["lr"] for r in runs.values() if r["attention"] == a})
+    lrs = {a: {t: sorted({r["setting"]["lr"] for r in runs.values()
+                          if (r["attention"], r["task"]) == (a, t)}) for t in sorted({t for t, _, _ in pairs})}
            for a in ("tssa", "softmax")}  # fmt: skip
     return shared, longest, seeds_longest, recall, lrs
 
@@ -77,7 +78,12 @@ def _check(helpers, runs, tuning):
     assert lim["longest"] == longest and lim["longest_seeds"] == seeds_longest
     assert lim["recall_at_chance"] == recall
     assert lim["lrs"] == lrs
-    assert lim["tuned_on"] == (tuning["task"], tuning["tune_len"])
+    assert lim["tuned_on"] == {t: rec["tune_len"] for t, rec in tuning["tasks"].items()}
+    for t, rec in tuning["tasks"].items():
+        for a, c in rec["chosen"].items():
+            assert lim["inside"][t][a] == (
+                sorted(rec["grid"])[0] < c["lr"] < sorted(rec["grid"])[-1]
+            )
     return lim
 
 
@@ -100,15 +106,16 @@ def test_ch13_limits_follow_the_runs_when_they_change(helpers):
     extra.update(attention="softmax", name=f"long-majority-softmax-{n}")
     runs[extra["name"]] = extra
     # one recall seed far above the most frequent answer
-    r = runs["long-recall-tssa-512"]
+    n0 = base["shared_lengths"][0]
+    r = runs[f"long-recall-tssa-{n0}"]
     r["values"] = [r["majority_class_share"] + 0.5] + r["values"][1:]
-    # a second learning rate for ToST on one task
-    runs["long-listops-tssa-512"]["setting"] = {**r["setting"], "lr": r["setting"]["lr"] * 3}
+    # a second learning rate for ToST on one task, at one length
+    r["setting"] = {**r["setting"], "lr": r["setting"]["lr"] * 3}
     lim = _check(helpers, runs, tuning)
     assert lim["shared_lengths"] == sorted(set(base["shared_lengths"]) | {n})
-    k, m = lim["recall_at_chance"]["tssa", 512]
-    assert k == base["recall_at_chance"]["tssa", 512][0] - 1 and m == len(r["values"])
-    assert len(lim["lrs"]["tssa"]) == 2
+    k, m = lim["recall_at_chance"]["tssa", n0]
+    assert k == base["recall_at_chance"]["tssa", n0][0] - 1 and m == len(r["values"])
+    assert len(lim["lrs"]["tssa"]["recall"]) == 2 and len(lim["lrs"]["tssa"]["listops"]) == 1
 
 
 def test_ch13_limits_are_said_from_the_numbers(helpers, capsys):
@@ -122,6 +129,43 @@ def test_ch13_limits_are_said_from_the_numbers(helpers, capsys):
         assert f"{k} seeds on {task}" in lines[1]
     for (a, n), (k, m) in lim["recall_at_chance"].items():
         assert f"{a} at n = {n:,} in {k} of {m} seeds" in lines[2]
+    for a, by in lim["lrs"].items():
+        assert f"{a}: " in lines[3]
+        for t, vs in by.items():
+            assert f"{t} {' and '.join(str(v) for v in vs)}" in lines[3]
+    for t, n in lim["tuned_on"].items():
+        assert f"{t} at n = {n:,}" in lines[3]
+
+
+# ---------------------------------------------------------------- the recall, by hand
+
+
+@pytest.mark.parametrize("n", [1024, 2048])
+def test_ch13_softmax_recall_by_hand_answers_every_test_sequence(helpers, n):
+    """The hand-set softmax classifier answers the recall (the labels come from make_recall)."""
+    from whitebox.data import make_recall
+    from whitebox.sequence import SequenceClassifier
+
+    model = helpers.ch13_recall_by_hand()
+    assert isinstance(model, SequenceClassifier) and model.config["attention"] == "softmax"
+    assert (model.config["dim"], model.config["num_heads"], model.config["depth"]) == (32, 2, 1)
+    x, y = make_recall(16, n, seed=5)
+    assert helpers.ch13_accuracy(model, x, y) == 1.0
+    # the needle carries the answer: give it another value and the answer follows
+    rows = np.arange(len(x))
+    where = np.argmax(x[:, :-1] // 8 == (x[:, -1:] - 64 * 8), axis=1)
+    x2 = x.copy()
+    x2[rows, where] = (x[rows, where] // 8) * 8 + (y + 3) % 8
+    assert helpers.ch13_accuracy(model, x2, (y + 3) % 8) == 1.0
+
+
+def test_ch13_recall_by_hand_uses_one_head_and_no_mlp(helpers):
+    model = helpers.ch13_recall_by_hand()
+    blk = model.blocks[0]
+    assert not any(w.any() for w in blk.mlp.c_fc.params.values())
+    assert not any(w.any() for w in blk.mlp.c_proj.params.values())
+    qkv = blk.attn.params["qkv.weight"]
+    assert not qkv[:, 16:32].any() and not qkv[:, 48:64].any() and not qkv[:, 80:96].any()
 
 
 # ---------------------------------------------------------------- the score matrix's memory

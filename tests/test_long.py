@@ -291,7 +291,12 @@ def test_results_files_follow_the_schema():
     assert all(r["score_matrix_bytes"] <= budget for r in scaling["softmax"]["rows"])
     assert max(r["seq_len"] for r in scaling["tssa"]["rows"]) >= 16384
     tuning = files["long-tuning"]
-    assert set(tuning["chosen"]) == {"tssa", "softmax"}
-    for c in tuning["chosen"].values():
-        assert c["lr"] in tuning["grid"]
-        assert c["inside"] == (min(tuning["grid"]) < c["lr"] < max(tuning["grid"]))
+    assert set(tuning["tasks"]) == {r["task"] for r in runs.values()}
+    for task, rec in tuning["tasks"].items():
+        assert set(rec["chosen"]) == {"tssa", "softmax"}
+        for a, c in rec["chosen"].items():
+            assert c["lr"] in rec["grid"]
+            assert c["inside"] == (min(rec["grid"]) < c["lr"] < max(rec["grid"]))
+            # every run of that task and attention used the rate chosen for it
+            assert {r["setting"]["lr"] for r in runs.values()
+                    if (r["task"], r["attention"]) == (task, a)} == {c["lr"]}  # fmt: skip
