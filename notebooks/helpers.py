@@ -1552,7 +1552,11 @@ def ch13_limits(runs, tuning, margin=0.05):
 
 def ch13_say_limits(lim):
     """The limits of ``ch13_limits`` as four plain sentences (printed)."""
-    say = lambda ns: " and ".join(f"{n:,}" for n in ns)  # noqa: E731
+
+    def say(ns):
+        ns = [f"{n:,}" for n in ns]
+        return ns[0] if len(ns) == 1 else ", ".join(ns[:-1]) + " and " + ns[-1]
+
     print(f"1. ToST and softmax attention were compared at n = {say(lim['shared_lengths'])} "
           f"(ToST ran at n = {say(lim['lengths']['tssa'])}, "
           f"softmax attention at n = {say(lim['lengths']['softmax'])}).")  # fmt: skip
@@ -1619,20 +1623,22 @@ def ch13_accuracy(model, x, y, chunk=4):
 
 
 def ch13_plot(runs, scaling):
-    """Accuracy (mean, worst-to-best bars), seconds and peak memory per step against n."""
+    """Accuracy (every seed as a dot, a line through the means), seconds and peak memory per
+    step against n."""
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
     color, label = {"tssa": "C0", "softmax": "C3"}, {"tssa": "ToST", "softmax": "softmax"}
     for task, marker in (("majority", "o"), ("recall", "s"), ("listops", "^")):
         for a in ("tssa", "softmax"):
             rs = sorted((r for r in runs.values() if (r["task"], r["attention"]) == (task, a)),
                         key=lambda r: r["seq_len"])  # fmt: skip
-            n = [r["seq_len"] for r in rs]
-            m = np.array([r["mean"] for r in rs])
-            err = [m - [r["min"] for r in rs], [r["max"] for r in rs] - m]
-            ax[0].errorbar(n, m, yerr=err, marker=marker, capsize=3, color=color[a],
-                           label=f"{label[a]}, {task}")  # fmt: skip
-    ax[0].set(xscale="log", xlabel="tokens n", ylabel="test accuracy", ylim=(0, 1.05))
-    ax[0].legend(fontsize=7)
+            n = np.array([r["seq_len"] for r in rs])
+            shift = 0.93 if a == "tssa" else 1.07  # side by side, so that no dot hides another
+            ax[0].plot(n * shift, [r["mean"] for r in rs], "-", color=color[a], lw=0.8, alpha=0.6)
+            for k, r in enumerate(rs):
+                ax[0].plot([n[k] * shift] * len(r["values"]), r["values"], marker, color=color[a],
+                           alpha=0.6, ms=5, mfc="none", label=f"{label[a]}, {task}" if k == 0 else None)  # fmt: skip
+    ax[0].set(xscale="log", xlabel="tokens n", ylabel="test accuracy (every seed)", ylim=(0, 1.05))
+    ax[0].legend(fontsize=7, loc="center", bbox_to_anchor=(0.45, 0.34), ncol=2)  # an empty band
     for a in ("tssa", "softmax"):
         s = scaling["attention"][a]
         n = [r["seq_len"] for r in s["rows"]]

@@ -106,7 +106,7 @@ def test_ch13_limits_follow_the_runs_when_they_change(helpers):
     extra.update(attention="softmax", name=f"long-majority-softmax-{n}")
     runs[extra["name"]] = extra
     # one recall seed far above the most frequent answer
-    n0 = base["shared_lengths"][0]
+    n0 = min(r["seq_len"] for r in runs.values() if (r["task"], r["attention"]) == ("recall", "softmax"))  # fmt: skip
     r = runs[f"long-recall-tssa-{n0}"]
     r["values"] = [r["majority_class_share"] + 0.5] + r["values"][1:]
     # a second learning rate for ToST on one task, at one length
