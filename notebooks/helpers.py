@@ -1622,6 +1622,73 @@ def ch13_accuracy(model, x, y, chunk=4):
     return float(np.mean(pred == y))
 
 
+def ch13_needle_variants(n, num=20, seed=3, num_keys=64, num_values=8):
+    """Recall sequences (``make_recall``) and three changed copies of each: ``needle`` (the
+    needle's value changed), ``one`` (one other pair changed, to a pair of another key) and
+    ``rest`` (every pair but the needle resampled). The query stays; only ``needle`` changes
+    the label. Returns a dict of (num, n) arrays, with ``x`` the originals and ``y`` labels."""
+    from whitebox.data import make_recall
+
+    K, V = num_keys, num_values
+    x, y = make_recall(num, n, num_keys=K, num_values=V, seed=seed)
+    rng, rows = np.random.default_rng(seed + 1), np.arange(num)
+    q = x[:, -1] - K * V  # the query's key
+    where = np.argmax(x[:, :-1] // V == q[:, None], axis=1)  # the needle's position
+    needle = x.copy()
+    needle[rows, where] = q * V + (y + rng.integers(1, V, size=num)) % V
+    one = x.copy()
+    other = (where + rng.integers(1, n - 1, size=num)) % (n - 1)
+    one[rows, other] = ((q + rng.integers(1, K, size=num)) % K) * V + rng.integers(V, size=num)
+    keys = rng.integers(K - 1, size=(num, n - 1))
+    keys += keys >= q[:, None]  # any key but the query's
+    rest = x.copy()
+    rest[:, :-1] = keys * V + rng.integers(V, size=(num, n - 1))
+    rest[rows, where] = x[rows, where]
+    return {"x": x, "y": y, "needle": needle, "one": one, "rest": rest}
+
+
+def ch13_tssa_statistics(model, x):
+    """The statistics y (B, H p) of the first TSSA layer of a ToST ``SequenceClassifier``:
+    y_hi = sum_j Pi_hj / sum_j' Pi_hj' w_hji^2, from the layer's own Pi and projection."""
+    blk = model.blocks[0]
+    h = blk.ln_1.forward(model.embed.forward(x) + model._pos[: x.shape[1]])
+    blk.attn.forward(h)
+    pi, P = blk.attn.last_pi, blk.attn.params  # pi: (B, H, n)
+    B, n, D = h.shape
+    w = (h @ P["qkv.weight"] + P["qkv.bias"]).reshape(B, n, pi.shape[1], -1)  # (B, n, H, p)
+    pibar = pi / (pi.sum(-1, keepdims=True) + 1e-8)
+    return np.einsum("bhn,bnhp->bhp", pibar, w**2).reshape(B, -1)
+
+
+def ch13_softmax_readout(model, x, chunk=4):
+    """The attention output at the readout (last) token of a softmax ``SequenceClassifier``."""
+    blk, out = model.blocks[0], []
+    for i in range(0, len(x), chunk):
+        z = model.embed.forward(x[i : i + chunk]) + model._pos[: x.shape[1]]
+        out.append(blk.attn.forward(blk.ln_1.forward(z))[:, -1])
+    return np.concatenate(out)
+
+
+def ch13_needle_loudness(tost_lengths, softmax_lengths, num=20, seed=3):
+    """How far the needle, one other pair and the rest of the sequence move what the readout
+    hears: ToST's statistics y (a float64 ToST at its initial weights) and the hand-set softmax
+    layer's attention output at the readout. Returns {(model, n): {change: median norm}}."""
+    from whitebox.sequence import SequenceClassifier
+
+    tost = SequenceClassifier(64 * 9, 8, max(tost_lengths), attention="tssa", pool="last",
+                              dtype="float64", seed=0)  # fmt: skip
+    soft = ch13_recall_by_hand(max_len=max(softmax_lengths))
+    out = {}
+    for model, name, lengths, hear in ((tost, "tost", tost_lengths, ch13_tssa_statistics),
+                                       (soft, "softmax", softmax_lengths, ch13_softmax_readout)):  # fmt: skip
+        for n in lengths:
+            v = ch13_needle_variants(n, num, seed)
+            base = hear(model, v["x"])
+            out[name, n] = {k: float(np.median(np.linalg.norm(hear(model, v[k]) - base, axis=1)))
+                            for k in ("needle", "one", "rest")}  # fmt: skip
+    return out
+
+
 def ch13_plot(runs, scaling):
     """Accuracy (every seed as a dot, a line through the means), seconds and peak memory per
     step against n."""

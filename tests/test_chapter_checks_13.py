@@ -256,3 +256,57 @@ def test_ch13_lra_averages_the_chapter_states():
     assert f"average\n{lin:.2f}" in text or f"average {lin:.2f}" in text
     off = [m for m, r in table.items() if abs(statistics.mean(r[:5]) - r[5]) > 0.01]
     assert len(off) == 4 and "four of its seven printed averages" in text
+
+
+# ---------------------------------------------------------------- how loud is the needle
+
+
+def test_ch13_needle_variants_change_what_they_say(helpers):
+    v = helpers.ch13_needle_variants(300, num=12, seed=4)
+    x, y, K, V = v["x"], v["y"], 64, 8
+    q = x[:, -1] - K * V
+    for i in range(len(x)):
+        needle = np.flatnonzero(x[i, :-1] // V == q[i])
+        assert len(needle) == 1 and x[i, needle[0]] % V == y[i]
+        diff = np.flatnonzero(v["needle"][i] != x[i])  # only the needle's value changed
+        assert list(diff) == list(needle) and v["needle"][i, needle[0]] // V == q[i]
+        diff = np.flatnonzero(v["one"][i] != x[i])  # one other pair, still not of the query's key
+        assert (
+            len(diff) <= 1 and needle[0] not in diff and (v["one"][i, :-1] // V == q[i]).sum() == 1
+        )
+        # the rest: the needle and the query kept, no other pair of the query's key
+        assert v["rest"][i, needle[0]] == x[i, needle[0]] and v["rest"][i, -1] == x[i, -1]
+        assert (v["rest"][i, :-1] // V == q[i]).sum() == 1
+        assert (v["rest"][i, :-1] != x[i, :-1]).mean() > 0.9
+
+
+def test_ch13_tssa_statistics_rebuild_the_layer_output(helpers):
+    """From y alone (g = 1 / (1 + y)) and the layer's Pi and projections, the TSSA output."""
+    from whitebox.sequence import SequenceClassifier
+
+    model = SequenceClassifier(64 * 9, 8, 256, attention="tssa", pool="last", dtype="float64", seed=2)  # fmt: skip
+    x = helpers.ch13_needle_variants(256, num=3, seed=1)["x"]
+    y = helpers.ch13_tssa_statistics(model, x)  # (B, H p)
+    blk = model.blocks[0]
+    h = blk.ln_1.forward(model.embed.forward(x) + model._pos[:256])
+    out = blk.attn.forward(h)
+    P, pi = blk.attn.params, blk.attn.last_pi  # pi (B, H, n)
+    B, n, D = h.shape
+    H = pi.shape[1]
+    w = (h @ P["qkv.weight"] + P["qkv.bias"]).reshape(B, n, H, D // H)
+    g = 1 / (1 + y.reshape(B, 1, H, D // H))
+    v = -pi.transpose(0, 2, 1)[..., None] * g * w  # (B, n, H, p)
+    rebuilt = v.reshape(B, n, D) @ P["proj.weight"] + P["proj.bias"]
+    np.testing.assert_allclose(rebuilt, out, rtol=1e-10, atol=1e-12)
+
+
+def test_ch13_needle_is_drowned_for_tost_in_five_data_seeds(helpers):
+    """The chapter's claims on one data seed hold on five: the needle moves y about as much as
+    one other pair, and its share of what the rest moves falls about like 1/sqrt(n)."""
+    for seed in range(5):
+        r = helpers.ch13_needle_loudness((1024, 16384), (1024,), num=20, seed=seed)
+        for n in (1024, 16384):
+            assert 0.5 < r["tost", n]["needle"] / r["tost", n]["one"] < 2, (seed, n)
+        ratio = [r["tost", n]["needle"] / r["tost", n]["rest"] for n in (1024, 16384)]
+        assert ratio[0] < 0.05 and ratio[1] < 0.01 and 2.5 < ratio[0] / ratio[1] < 6, (seed, ratio)
+        assert r["softmax", 1024]["rest"] < 1e-6 * r["softmax", 1024]["needle"]
