@@ -203,6 +203,28 @@ def summarize(per_seed: list) -> dict:
     return out
 
 
+def recorded_synthetic_tuning(path, settings):
+    """The synthetic task's lr search recorded in ``path`` (a text-mechanism.json) when it was
+    made on this task (SYNTHETIC, SYNTHETIC_STEPS), with these text ``settings``, these seeds
+    and a grid holding SYNTHETIC_LRS; else None."""
+    if not Path(path).exists():
+        return None
+    old = json.loads(Path(path).read_text())
+    syn, rec = old.get("synthetic", {}), old.get("synthetic", {}).get("tuning")
+    same_task = (
+        all(syn.get(k) == v for k, v in SYNTHETIC.items()) and syn.get("steps") == SYNTHETIC_STEPS
+    )
+    if not rec or not same_task or old.get("settings") != settings:
+        return None
+    for n in MODELS:
+        r = rec.get(n, {})
+        if r.get("seeds") != list(SYNTHETIC_TUNE_SEEDS) or not set(SYNTHETIC_LRS) <= set(
+            r.get("grid", [])
+        ):
+            return None
+    return rec
+
+
 def tune_synthetic(settings, lag_file, extra, reuse) -> dict:
     """Per model: the synthetic task's lr search (SYNTHETIC_LRS, extended while the best is on
     an edge), {"grid", "runs": [{lr, seed, val_loss}], "chosen_lr"}."""
@@ -263,6 +285,9 @@ def main(argv=None) -> int:
                     metavar="SEED", help="seeds of both experiments (default: 0 1 2 3 4)")  # fmt: skip
     ap.add_argument("--out", default=str(OUT.relative_to(ROOT)), metavar="JSON",
                     help="where to write (default: results/text-mechanism.json)")  # fmt: skip
+    ap.add_argument("--reuse-tuning", action="store_true",
+                    help="take the synthetic task's learning rates from the --out file when its "
+                         "search had this grid, seeds, task and settings (the runs are trained again)")  # fmt: skip
     args = ap.parse_args(argv)
     out_path = Path(args.out)
     if out_path.suffix != ".json" or not out_path.resolve().parent.is_dir():
@@ -288,7 +313,11 @@ def main(argv=None) -> int:
     jobs = [(name, s, settings[name], (), None, True) for name in MODELS for s in seeds]
     syn_extra = ("--steps", str(SYNTHETIC_STEPS))
     lag_file = str(lag_path.relative_to(ROOT))
-    syn_tuning = tune_synthetic(settings, lag_file, syn_extra, not fresh)
+    syn_tuning = args.reuse_tuning and recorded_synthetic_tuning(out_path, settings)
+    if syn_tuning:
+        print(f"synthetic task: learning rates reused from {args.out}", flush=True)
+    else:
+        syn_tuning = tune_synthetic(settings, lag_file, syn_extra, not fresh)
     jobs += [
         (
             name,

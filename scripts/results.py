@@ -444,6 +444,17 @@ def merge_tuning(old: dict, fresh: dict, to_tune: list, where: dict) -> dict:
     }
 
 
+def tuning_is_stale(tuning, names) -> bool:
+    """Whether ``tuning`` (results/tuning.json, or None) cannot serve ``names``: missing, made
+    by another procedure or other seeds, or without a choice for one of them."""
+    return (
+        tuning is None
+        or tuning.get("procedure") != TUNING_PROCEDURE
+        or tuning.get("seeds") != list(TUNING_SEEDS)
+        or bool(set(names) - set(tuning.get("chosen", {})))
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reuse", action="store_true", help="keep runs that finished before")
@@ -451,6 +462,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-inside", action="store_true", help="no white-box measurements")
     ap.add_argument("--retune", action="store_true",
                     help="tune again even with --reuse (keeping the tuning runs that finished)")  # fmt: skip
+    ap.add_argument("--reuse-tuning", action="store_true",
+                    help="keep results/tuning.json when it holds these configurations and was made "
+                         "by this procedure and these seeds; the seeds are trained again")  # fmt: skip
     args = ap.parse_args(argv)
     global JOBS
     jobs = os.environ.get("JOBS", str(JOBS))
@@ -473,8 +487,8 @@ def main(argv=None) -> int:
         with lock:
             tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else None
         to_tune = [n for n in mine if n in TUNED]
-        stale = tuning is None or args.retune or set(to_tune) - set(tuning["chosen"])
-        if to_tune and (stale or not args.reuse):
+        stale = tuning_is_stale(tuning, to_tune) or args.retune
+        if to_tune and (stale or not (args.reuse or args.reuse_tuning)):
             fresh = tune(to_tune, args.reuse, priority)
             with lock:
                 old = json.loads(tuning_path.read_text()) if tuning_path.exists() else {}
