@@ -112,7 +112,7 @@ grade:
 # Regenerate every results file and the results table in README.md: every seed is trained
 # again. The tuning (results/tuning.json, results/long-tuning.json, the synthetic task's search
 # in results/text-mechanism.json) is kept when it was made by the current procedure, grids and
-# seeds; RETUNE=1 tunes everything again (about 130 minutes on 2 cores instead of about 60).
+# seeds; RETUNE=1 tunes everything again (about 130 minutes on 2 cores instead of 57).
 results: venv results-long
 	$(BIN)/python scripts/results.py $(if $(RETUNE),,--reuse-tuning)
 	$(BIN)/python scripts/mechanism.py $(if $(RETUNE),,--reuse-tuning)
