@@ -1647,11 +1647,16 @@ def ch13_needle_variants(n, num=20, seed=3, num_keys=64, num_values=8):
     return {"x": x, "y": y, "needle": needle, "one": one, "rest": rest}
 
 
+def _ch13_attention_input(model, x):
+    """What the first block's attention reads: LN_1(embedding + positions), (B, n, D)."""
+    return model.blocks[0].ln_1.forward(model.embed.forward(x) + model._pos[: x.shape[1]])
+
+
 def ch13_tssa_statistics(model, x):
     """The statistics y (B, H p) of the first TSSA layer of a ToST ``SequenceClassifier``:
     y_hi = sum_j Pi_hj / sum_j' Pi_hj' w_hji^2, from the layer's own Pi and projection."""
     blk = model.blocks[0]
-    h = blk.ln_1.forward(model.embed.forward(x) + model._pos[: x.shape[1]])
+    h = _ch13_attention_input(model, x)
     blk.attn.forward(h)
     pi, P = blk.attn.last_pi, blk.attn.params  # pi: (B, H, n)
     B, n, D = h.shape
@@ -1662,10 +1667,9 @@ def ch13_tssa_statistics(model, x):
 
 def ch13_softmax_readout(model, x, chunk=4):
     """The attention output at the readout (last) token of a softmax ``SequenceClassifier``."""
-    blk, out = model.blocks[0], []
-    for i in range(0, len(x), chunk):
-        z = model.embed.forward(x[i : i + chunk]) + model._pos[: x.shape[1]]
-        out.append(blk.attn.forward(blk.ln_1.forward(z))[:, -1])
+    blk = model.blocks[0]
+    out = [blk.attn.forward(_ch13_attention_input(model, x[i : i + chunk]))[:, -1]
+           for i in range(0, len(x), chunk)]  # fmt: skip
     return np.concatenate(out)
 
 

@@ -371,11 +371,12 @@ def main(argv=None) -> int:
     pairs = [(t, a) for t in TASKS for a in ATTENTIONS]
     old = RESULTS / "long-tuning.json"
     old = json.loads(old.read_text()) if args.reuse_tuning and old.exists() else {}
+    reuse = bool(old) and all(old.get(k) == v for k, v in tuning_config().items())
     with mp.get_context("fork").Pool(args.jobs) as pool:
         # 1. a learning rate per task and attention, on validation
         tuning = dict(tuning_config(), tasks={})
         for task in TASKS:
-            if old and all(old.get(k) == v for k, v in tuning_config().items()):
+            if reuse:
                 tuning["tasks"][task] = old["tasks"][task]
                 print(f"tuning {task}: reused results/long-tuning.json", flush=True)
                 continue
